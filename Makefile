@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make run` (the main job) and `make test` (the whole suite).
+# Both create or reuse the virtualenv in .venv and install the pinned versions of constraints.txt.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench bench-full clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/tune run quick
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench quick
+
+bench-full: $(STAMP)
+	$(BIN)/python -m bench full
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

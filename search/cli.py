@@ -1,0 +1,143 @@
+"""The `tune` command line: our commands plus Ray Tune's own (`ls`, `lsx`, ...).
+
+Heavy libraries (Ray, PyTorch, MLflow) are imported inside the commands, so a bad
+sweep file is reported in well under a second and Ray is never started for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from trainables.errors import UserError
+
+RAY_COMMANDS = ("ls", "list-trials", "lsx", "list-experiments", "add-note")
+
+
+class TuneGroup(click.Group):
+    """Our commands, with Ray Tune's CLI commands loaded only when one is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *RAY_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in RAY_COMMANDS:
+            from ray.tune.cli.scripts import cli as ray_cli
+
+            return ray_cli.get_command(ctx, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=TuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Hyperparameter sweeps of the seed CNN: Optuna + ASHA on Ray Tune, tracked in MLflow."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def flag_overrides(overrides: Sequence[str], **flags: object) -> list[str]:
+    """`--set` values plus the shortcut flags as overrides; a key set twice is an error."""
+    targets = {"epochs": "epochs", "subset": "data.subset", "seed": "space.seed",
+               "data_dir": "data.dir", "num_samples": "search.num_samples"}
+    result = list(overrides)
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        key = targets[flag]
+        clash = [o for o in overrides if o.partition("=")[0].strip() in (key, key.split(".")[-1])]
+        if clash:
+            raise UserError(f"--{flag.replace('_', '-')} and --set {clash[0]} both set {key}; give one")
+        result.append(f"{key}={value}")
+    return result
+
+
+SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples=4 (repeatable)."
+
+
+@cli.command()
+@click.argument("sweep", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train.")
+@click.option("--subset", type=click.IntRange(min=100), help="Use this many training images.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for weights and shuffling.")
+@click.option("--data-dir", type=click.Path(), help="Directory with the IDX files.")
+@click.option("--threads", type=click.IntRange(min=1), help="PyTorch threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with config and metrics.")
+def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, subset: int | None,
+          seed: int | None, data_dir: str | None, threads: int | None, as_json: bool) -> None:
+    """Train one configuration in this process (no Ray): SWEEP's fixed values over the defaults."""
+    from spaces import load_sweep, validate_sweep
+    from spaces._loader import apply_override
+
+    changes = flag_overrides(overrides, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir)
+    if sweep is None:
+        document: dict = {"name": "train"}
+        for change in changes:
+            apply_override(document, change)
+        config = validate_sweep(document)
+    else:
+        config = load_sweep(sweep, changes)
+    from search.local import train_locally
+
+    result = train_locally(config, threads=threads, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+
+
+@cli.command()
+@click.argument("sweep")
+@click.option("--address", help="Ray cluster to use: auto, HOST:PORT or ray://… (default: RAY_ADDRESS, "
+              "else a local Ray).")
+@click.option("--name", "run_name", help="Name of this run (default: <sweep>-<UTC time>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--num-samples", type=click.IntRange(min=1), help="Trials to sample.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run --name (default: the latest).")
+@click.option("--dry-run", is_flag=True, help="Validate and show the plan; start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout at the end.")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Address the local Ray dashboard listens on.")
+def run(sweep: str, address: str | None, run_name: str | None, overrides: tuple[str, ...],
+        num_samples: int | None, resume: bool, dry_run: bool, as_json: bool, dashboard_host: str) -> None:
+    """Search SWEEP (a file, or the name of one in spaces/) with Optuna + ASHA on Ray Tune."""
+    from spaces import load_sweep
+
+    if resume and (overrides or num_samples):
+        raise UserError("--resume continues a sweep as it was started; it takes no --set or --num-samples")
+    if resume and dry_run:
+        raise UserError("--resume and --dry-run exclude each other")
+    config = load_sweep(sweep, flag_overrides(overrides, num_samples=num_samples))
+    from search.runner import RunOptions, run_sweep
+
+    options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run,
+                         as_json=as_json, dashboard_host=dashboard_host)
+    outcome = run_sweep(config, options)
+    if as_json and outcome.payload:
+        click.echo(json.dumps(outcome.payload, indent=2, default=str))
+    sys.exit(outcome.exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `tune` and `python -m search`: user errors are one line and exit 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="tune", standalone_mode=False)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"tune: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tune: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

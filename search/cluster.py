@@ -1,0 +1,134 @@
+"""Connecting to Ray (a local cluster or an existing one) and checking it before a sweep."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+from trainables.errors import UserError
+
+log = logging.getLogger(__name__)
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+LOCAL_HOST = "127.0.0.1"
+SHARED_STORAGE_PROBE_TIMEOUT_S = 60.0
+
+
+def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False) -> str:
+    """Start a local Ray or connect to `address` (flag, then `RAY_ADDRESS`).
+
+    Ray 2.60 turns token authentication on for a local cluster and, when connecting,
+    uses the token in `RAY_AUTH_TOKEN` or `~/.ray/auth_token`; we leave that on and
+    only warn when someone turned it off. Returns a description of the cluster.
+    """
+    import ray
+
+    if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
+        log.warning("warning: %s=disabled: anyone who can reach this cluster can run code on it",
+                    AUTH_MODE_ENV)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if dashboard_host != LOCAL_HOST:
+        log.warning("warning: the Ray dashboard listens on %s, reachable from other machines",
+                    dashboard_host)
+    kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(_node_ip_address=LOCAL_HOST, dashboard_host=dashboard_host, **kwargs)
+    except ray.exceptions.AuthenticationError as err:
+        raise UserError(f"Ray at {address or 'local'} refused the connection: {err}") from None
+    except ConnectionError as err:
+        raise UserError(f"cannot connect to Ray at {address}: {err}") from None
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    return (f"Ray {'at ' + address if address else 'local'}: {len(nodes)} node(s), "
+            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
+    """How many trials the cluster's resources can run at once."""
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 0) / cpu_per_trial]
+    if gpu_per_trial:
+        fits.append(resources.get("GPU", 0) / gpu_per_trial)
+    return max(1, int(min(fits) + 1e-9))
+
+
+def check_local_resources(cpu_per_trial: float, gpu_per_trial: float) -> None:
+    """Refuse a sweep whose trials could never start on the local cluster we started.
+
+    On a cluster from `ray up` the autoscaler may add the nodes later, so this is only
+    for the local case.
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpu_per_trial and resources.get("GPU", 0) < gpu_per_trial:
+        raise UserError(
+            f"resources.gpu is {gpu_per_trial:g}, but this machine has {resources.get('GPU', 0):g} GPUs"
+        )
+    if cpu_per_trial > resources.get("CPU", 0):
+        raise UserError(
+            f"resources.cpu is {cpu_per_trial:g}, but this machine has {resources.get('CPU', 0):g} CPUs"
+        )
+
+
+def check_shared_storage(storage_uri: str, is_remote_uri: bool) -> None:
+    """On a multi-node cluster, prove every node sees the Tune storage, or say why not.
+
+    Trials move between nodes on failure and restore from checkpoints in storage; a
+    node-local path would silently lose them. A cloud URI is shared by definition; a
+    path is probed by writing a token file here and reading it on every node.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) <= 1 or is_remote_uri:
+        return
+    token = uuid.uuid4().hex
+    probe = os.path.join(storage_uri, f".shared-storage-probe-{token}")
+    with open(probe, "w") as f:
+        f.write(token)
+    try:
+        blind = _nodes_not_seeing(probe, token, nodes)
+    finally:
+        os.unlink(probe)
+    if blind:
+        raise UserError(
+            f"storage {storage_uri} is not shared: node(s) {', '.join(blind)} cannot read it. "
+            "A multi-node sweep needs a cloud URI (s3://…, gs://…) or a shared file system "
+            "mounted at the same path on every node"
+        )
+
+
+def _nodes_not_seeing(probe: str, token: str, nodes: list[dict]) -> list[str]:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def read_probe(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    pending = {
+        n["NodeManagerAddress"] + "/" + n["NodeID"][:8]: read_probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(probe)
+        for n in nodes
+    }
+    blind = []
+    for name, ref in pending.items():
+        try:
+            seen = ray.get(ref, timeout=SHARED_STORAGE_PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            seen = ""
+        if seen != token:
+            blind.append(name)
+    return blind

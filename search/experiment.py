@@ -1,0 +1,55 @@
+"""Read a sweep run back from Ray Tune's storage: every trial, its status and its history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search.report import TrialSummary, history_from_rows, rank_trials, summarize_trial
+from spaces import SweepConfig
+
+
+@dataclass
+class TrialsSnapshot:
+    """The trials of one sweep run as Tune last saved them, best first."""
+
+    trials: list[TrialSummary]
+    unfinished: int
+
+
+def load_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
+    """Every trial Tune recorded in `experiment_uri`, summarised, best first."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    analysis = ExperimentAnalysis(experiment_uri, default_metric=config.metric,
+                                  default_mode=config.mode)
+    frames = analysis.trial_dataframes
+    summaries = []
+    for trial in analysis.trials:
+        frame = frames.get(trial.trial_id)
+        rows = frame.to_dict("records") if frame is not None else []
+        errored = trial.status == Trial.ERROR
+        error = trial.get_error() if errored else None
+        last = trial.last_result or {}
+        summaries.append(summarize_trial(
+            trial_id=trial.trial_id,
+            config=dict(trial.config),
+            history=history_from_rows(rows),
+            errored=errored,
+            unfinished=trial.status not in (Trial.TERMINATED, Trial.ERROR),
+            max_t=config.scheduler.max_t,
+            metric=config.metric,
+            mode=config.mode,
+            node_id=last.get("node_id"),
+            error=_first_line(error),
+            checkpoint=trial.checkpoint.path if trial.checkpoint else None,
+        ))
+    unfinished = sum(t.status == "unfinished" for t in summaries)
+    return TrialsSnapshot(rank_trials(summaries, config.mode), unfinished)
+
+
+def _first_line(error: object) -> str | None:
+    if error is None:
+        return None
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(error).__name__

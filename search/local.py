@@ -1,0 +1,63 @@
+"""`tune train`: one configuration trained in this process, no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from spaces import SweepConfig
+from trainables.data import load_data
+from trainables.train import TrainingRun, TrainParams
+
+
+def trial_params(config: SweepConfig) -> tuple[TrainParams, list[str]]:
+    """The sweep's fixed values over the defaults, and the searched keys left at default."""
+    fixed = config.trial_config()
+    params = TrainParams.from_config(fixed)
+    return params, sorted(config.space.searched())
+
+
+def format_epoch(metrics: dict[str, float], epochs: int) -> str:
+    return (
+        f"epoch {metrics['epoch']:>3}/{epochs}  "
+        f"train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
+        f"{metrics['epoch_seconds']:.1f}s"
+    )
+
+
+def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train the sweep's fixed configuration; print progress to stderr; return every metric."""
+    from tqdm import tqdm
+
+    params, left_at_default = trial_params(config)
+    err = sys.stderr
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"config: {params.as_dict()}", file=err)
+    for key in left_at_default:
+        print(f"note: {key} is searched by {config.name}; training with {getattr(params, key)!r} "
+              f"(choose with --set {key}=VALUE)", file=err)
+    data = load_data(
+        config.data.dataset, config.data.dir, subset=config.data.subset, split_seed=config.data.split_seed
+    )
+    print(f"data: {data.name} from {data.source}: {len(data.train)} train, {len(data.val)} val, "
+          f"{len(data.test)} test; {torch.get_num_threads()} threads", file=err)
+    run = TrainingRun(params, data)
+    history = []
+    while not run.finished:
+        with tqdm(total=len(data.train), unit="img", leave=False, file=err, disable=quiet,
+                  desc=f"epoch {run.epoch + 1}/{params.epochs}") as bar:
+            metrics = run.run_epoch(progress=bar.update)
+        history.append(metrics)
+        print(format_epoch(metrics, params.epochs), file=err)
+    final = {**history[-1], **run.test()}
+    print(f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f} "
+          f"(weights of the best val_loss, epoch {_best_epoch(history)})", file=err)
+    return {"config": params.as_dict(), "dataset": data.name, "metrics": final, "history": history}
+
+
+def _best_epoch(history: list[dict[str, float]]) -> int:
+    return int(min(history, key=lambda m: m["val_loss"])["epoch"])

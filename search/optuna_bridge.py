@@ -1,0 +1,79 @@
+"""Optuna as a Ray Tune searcher that knows the difference between finished and stopped trials.
+
+Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped at epoch 2 is COMPLETE
+with its epoch-2 score, so TPE compares a 2-epoch loss with 12-epoch losses as if
+they were the same budget. Here only a trial that reached `max_t` is COMPLETE; a
+trial stopped earlier is PRUNED, and TPE ranks it by its per-epoch values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+
+
+def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage from a URL (`sqlite:///x.db`, `postgresql://…`) or a journal file path."""
+    if storage is None:
+        return None
+    if "://" in storage:
+        return optuna.storages.RDBStorage(storage)
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(storage))
+
+
+class BudgetAwareOptunaSearch(OptunaSearch):
+    """`OptunaSearch` that reports trials stopped before `max_t` as PRUNED."""
+
+    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        if RAY_TRIAL_ID_ATTR not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return  # Optuna cannot rank a NaN; the trial will be told FAIL at the end
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        finite = value is not None and math.isfinite(value)
+        reached_max_t = (result or {}).get(TRAINING_ITERATION, 0) >= self._max_t
+        if error or not finite:
+            state, value = TrialState.FAIL, None
+        elif reached_max_t:
+            state = TrialState.COMPLETE
+        else:
+            state, value = TrialState.PRUNED, None  # Optuna keeps the last reported value
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except (ValueError, RuntimeError) as err:  # e.g. already told by a previous process
+            log.warning("optuna: could not record trial %s as %s: %s", trial_id, state.name, err)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,160 @@
+"""What a finished sweep found: per-trial summaries, the best trial, the ablation table, results.json."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from spaces import SweepConfig
+
+CONFIG_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+HISTORY_KEYS = ("epoch", *EPOCH_METRICS, "test_loss", "test_acc", "timestamp")
+STATUSES = ("completed", "early_stopped", "errored", "unfinished")
+
+
+@dataclass
+class TrialSummary:
+    """One trial as a person reads it: its config, how far it got, its best epoch."""
+
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    epochs: int
+    best_epoch: int | None
+    score: float | None  # the sweep metric at the best epoch
+    val_loss: float | None
+    val_acc: float | None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    node_id: str | None = None
+    error: str | None = None
+    checkpoint: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+
+def trial_status(errored: bool, epochs: int, max_t: int, unfinished: bool = False) -> str:
+    """`completed` (reached max_t), `early_stopped` (ASHA or time budget), `errored`, or
+    `unfinished` (still to run when the sweep was interrupted)."""
+    if errored:
+        return "errored"
+    if unfinished:
+        return "unfinished"
+    return "completed" if epochs >= max_t else "early_stopped"
+
+
+def history_from_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per-epoch metrics, one row per epoch; a re-run epoch (after a restore) keeps its last report."""
+    by_epoch: dict[int, dict[str, float]] = {}
+    for row in rows:
+        epoch = row.get("epoch")
+        if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)):
+            continue
+        by_epoch[int(epoch)] = {k: float(row[k]) for k in HISTORY_KEYS
+                                if k in row and row[k] is not None and not _is_nan(row[k])}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def summarize_trial(
+    trial_id: str, config: dict[str, Any], history: list[dict[str, float]], *,
+    errored: bool, max_t: int, metric: str, mode: str, unfinished: bool = False,
+    node_id: str | None = None,
+    error: str | None = None, checkpoint: str | None = None,
+) -> TrialSummary:
+    """Fold a trial's per-epoch history into its summary; the best epoch is by the sweep metric."""
+    epochs = int(history[-1]["epoch"]) if history else 0
+    scored = [h for h in history if metric in h and math.isfinite(h[metric])]
+    pick = min if mode == "min" else max
+    best = pick(scored, key=lambda h: h[metric]) if scored else None
+    last = history[-1] if history else {}
+    return TrialSummary(
+        trial_id=trial_id,
+        status=trial_status(errored, epochs, max_t, unfinished),
+        config={k: config[k] for k in CONFIG_KEYS if k in config},
+        epochs=epochs,
+        best_epoch=int(best["epoch"]) if best else None,
+        score=best[metric] if best else None,
+        val_loss=best.get("val_loss") if best else None,
+        val_acc=best.get("val_acc") if best else None,
+        test_loss=last.get("test_loss"),
+        test_acc=last.get("test_acc"),
+        node_id=node_id,
+        error=error,
+        checkpoint=checkpoint,
+        history=history,
+    )
+
+
+def rank_trials(trials: Sequence[TrialSummary], mode: str) -> list[TrialSummary]:
+    """Trials best first by their best epoch's score; trials without one go last."""
+    sign = 1 if mode == "min" else -1
+    return sorted(trials, key=lambda t: (t.score is None, sign * (t.score or 0.0)))
+
+
+def ablation_rows(trials: Sequence[TrialSummary]) -> list[dict[str, Any]]:
+    """The seed's question for every sweep: per batch_norm × skip, how good did trials get."""
+    rows = []
+    for bn in (True, False):
+        for skip in (True, False):
+            group = [t for t in trials if t.config.get("batch_norm") == bn and t.config.get("skip") == skip
+                     and t.status != "errored"]
+            val = [t.val_acc for t in group if t.val_acc is not None]
+            test = [t.test_acc for t in group if t.test_acc is not None]
+            rows.append({
+                "batch_norm": bn, "skip": skip, "trials": len(group),
+                "best_val_acc": max(val) if val else None,
+                "mean_val_acc": sum(val) / len(val) if val else None,
+                "best_test_acc": max(test) if test else None,
+                "mean_test_acc": sum(test) / len(test) if test else None,
+            })
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text table (pandas does the layout)."""
+    import pandas as pd
+
+    if not rows:
+        return "(none)"
+    frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows])
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+def top_trials_table(trials: Sequence[TrialSummary], limit: int = 10) -> str:
+    rows = [{"trial": t.trial_id, **t.config, "val_loss": t.val_loss, "val_acc": t.val_acc,
+             "epochs": t.epochs, "status": t.status} for t in trials[:limit]]
+    return format_table(rows, ["trial", *CONFIG_KEYS, "val_loss", "val_acc", "epochs", "status"])
+
+
+def ablation_table(trials: Sequence[TrialSummary]) -> str:
+    return format_table(ablation_rows(trials), ["batch_norm", "skip", "trials", "best_val_acc",
+                                                "mean_val_acc", "best_test_acc", "mean_test_acc"])
+
+
+def results_payload(
+    config: SweepConfig, run_name: str, trials: Sequence[TrialSummary], best: dict[str, Any] | None,
+    *, status: str, wall_seconds: float, locations: dict[str, Any],
+) -> dict[str, Any]:
+    """The machine-readable record of a sweep run, written as results.json."""
+    counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
+    return {
+        "sweep": config.name,
+        "run_name": run_name,
+        "status": status,
+        "metric": config.metric,
+        "mode": config.mode,
+        "num_trials": len(trials),
+        "counts": counts,
+        "wall_seconds": round(wall_seconds, 2),
+        "best": best,
+        "trials": [{k: v for k, v in asdict(t).items() if k != "history"} | {"history": t.history}
+                   for t in trials],
+        "ablation": ablation_rows(trials),
+        **locations,
+    }

@@ -1,0 +1,123 @@
+"""Where a sweep's files live: a local folder or a cloud URI, read and written through pyarrow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import UserError
+
+MIN_FREE_BYTES = 200 * 1024 * 1024
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.json"
+MLFLOW_IDS_FILE = "mlflow_runs.json"
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage and not storage.startswith("file://")
+
+
+def resolve_storage(storage: str) -> str:
+    """An absolute path or a URI, as Ray Tune wants it."""
+    if is_uri(storage):
+        return storage.rstrip("/")
+    return str(Path(storage.removeprefix("file://")).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    """One sweep run's folder in Tune storage, plus the files this tool keeps beside Tune's."""
+
+    storage: str
+    run_name: str
+
+    @property
+    def uri(self) -> str:
+        return f"{self.storage}/{self.run_name}"
+
+    @property
+    def is_remote(self) -> bool:
+        return is_uri(self.storage)
+
+    def _fs(self):  # type: ignore[no-untyped-def]
+        import pyarrow.fs
+
+        return pyarrow.fs.FileSystem.from_uri(self.uri)
+
+    def exists(self) -> bool:
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+    def read_json(self, name: str) -> Any | None:
+        """A JSON file of this folder, or None when it does not exist."""
+        fs, path = self._fs()
+        try:
+            with fs.open_input_stream(f"{path}/{name}") as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, name: str, payload: Any) -> None:
+        """Write atomically where the file system allows (local: temp file + rename)."""
+        text = json.dumps(payload, indent=2, default=str)
+        if not self.is_remote:
+            folder = Path(self.uri)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, folder / name)
+            return
+        fs, path = self._fs()
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{name}") as f:
+            f.write(text.encode())
+
+
+def check_writable(storage: str) -> None:
+    """Fail before anything starts when local storage cannot be written or is nearly full."""
+    if is_uri(storage):
+        return
+    root = Path(storage)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"storage {root}: cannot write there ({err.strerror})") from None
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(
+            f"storage {root}: only {free // 2**20} MiB free, but a sweep needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints and results"
+        )
+
+
+def latest_run(storage: str, sweep_name: str) -> str | None:
+    """The most recently started run of `sweep_name` in local storage, if any."""
+    if is_uri(storage):
+        return None
+    root = Path(storage)
+    runs = [p for p in root.glob(f"{sweep_name}*") if (p / SWEEP_FILE).exists()]
+    runs = [p for p in runs if _sweep_name_of(p) == sweep_name]
+    return max(runs, key=lambda p: (p / SWEEP_FILE).stat().st_mtime).name if runs else None
+
+
+def _sweep_name_of(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / SWEEP_FILE).read_text()).get("name")
+    except (OSError, ValueError):
+        return None
+
+
+def default_run_name(sweep_name: str) -> str:
+    """`<sweep>-<UTC time>`: unique per invocation, sortable."""
+    return f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

@@ -1,0 +1,183 @@
+"""Bring MLflow up to date with a sweep run in Tune storage, then record its end.
+
+Used at the end of every `tune run` (so writes lost to an outage are filled in) and
+by `tune sync-mlflow` (to replay a sweep into a store that was down, or a new one).
+Every step is idempotent: running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.experiment import TrialsSnapshot
+from search.mlflow_writer import call_with_retry, quiet_mlflow_http_retries
+from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
+from search.storage import RESULTS_FILE, SWEEP_FILE, ExperimentDir
+from search.tracking import MlflowRecorder, TrackingTarget, sweep_params, sweep_tags
+from spaces import SweepConfig
+from trainables.data import DATASETS, TRAIN_FILES
+
+log = logging.getLogger(__name__)
+
+FINALIZED_TAG = "finalized"
+VERSION_TAG = "registered_model_version"
+
+
+@dataclass
+class SyncReport:
+    parent_run_id: str
+    children: int
+    epochs_added: int
+    registered: str | None = None
+
+
+def parent_setup(config: SweepConfig, experiment: ExperimentDir, staging: Path
+                 ) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
+    """Tags, params and artifacts of a sweep's parent run."""
+    spec = DATASETS[config.data.dataset]
+    tags = sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]])
+    artifacts = []
+    saved = experiment.read_json(SWEEP_FILE)
+    if saved is not None:
+        resolved = staging / SWEEP_FILE
+        resolved.write_text(_json(saved))
+        artifacts.append((str(resolved), "sweep"))
+    if config.source and Path(config.source).is_file():
+        artifacts.append((str(config.source), "sweep"))
+    return tags, sweep_params(config), artifacts
+
+
+def _json(payload: Any) -> str:
+    import json
+
+    return json.dumps(payload, indent=2, default=str)
+
+
+def sync_sweep(
+    config: SweepConfig,
+    experiment: ExperimentDir,
+    target: TrackingTarget,
+    snapshot: TrialsSnapshot,
+    *,
+    timeout_s: float,
+    on_finalize: Callable[[MlflowRecorder, dict[str, Any]], dict[str, str]] | None = None,
+) -> SyncReport:
+    """Make MLflow hold the parent run, every trial's child run, status and epochs; finalise if done."""
+    quiet_mlflow_http_retries()
+    deadline = time.monotonic() + timeout_s
+    recorder = MlflowRecorder(target, experiment)
+
+    def retry(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return call_with_retry(lambda: fn(*args), what, deadline)
+
+    with tempfile.TemporaryDirectory() as staging:
+        tags, params, artifacts = parent_setup(config, experiment, Path(staging))
+        retry("open the parent run", recorder.attach_parent, tags, params, artifacts)
+    added = 0
+    for trial in snapshot.trials:
+        recorder.remember_config(trial.trial_id, {**trial.config, "epochs": config.epochs})
+        retry(f"open the run of {trial.trial_id}", recorder.ensure_child, trial.trial_id)
+        extra = {"node_id": trial.node_id} if trial.node_id else None
+        added += retry(f"log epochs of {trial.trial_id}", recorder.log_epochs, trial.trial_id,
+                       trial.history, extra)
+        if trial.status != "unfinished":
+            retry(f"close the run of {trial.trial_id}", recorder.finish_child, trial.trial_id,
+                  trial.status, trial.error)
+    report = SyncReport(recorder.parent_id, len(snapshot.trials), added)
+    results = experiment.read_json(RESULTS_FILE)
+    if results is None or results.get("status") != "finished":
+        retry("mark the parent run", recorder.set_parent_status, "KILLED")
+        return report
+    report.registered = retry("finalise the parent run", finalize_parent, recorder, config,
+                              snapshot.trials, results, on_finalize)
+    return report
+
+
+def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Sequence[TrialSummary],
+                    results: dict[str, Any],
+                    on_finalize: Callable[[MlflowRecorder, dict[str, Any]], dict[str, str]] | None = None,
+                    ) -> str | None:
+    """Best metrics, summary artifacts and the registered best model, once per parent run."""
+    client, parent = recorder.client, recorder.parent_id
+    existing = client.get_run(parent).data.tags
+    if existing.get(FINALIZED_TAG) == "true":
+        return existing.get(VERSION_TAG)
+    best = results.get("best")
+    _log_summary_metrics(recorder, results)
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(staging)
+        _write_summary_files(folder, trials, results)
+        client.log_artifacts(parent, str(folder), "summary")
+        from search.plots import write_plots
+
+        plots = folder / "plots"
+        plots.mkdir()
+        if write_plots(trials, config, plots):
+            client.log_artifacts(parent, str(plots), "plots")
+    version = existing.get(VERSION_TAG)
+    extra_tags: dict[str, str] = {}
+    if best and best.get("checkpoint") and version is None:
+        registered = _register_best(recorder, config, best)
+        version = registered.version
+        client.set_tag(parent, "registered_model", registered.name)
+        client.set_tag(parent, VERSION_TAG, version)
+    if on_finalize is not None:
+        extra_tags = on_finalize(recorder, results | {"registered_version": version})
+    for key, value in extra_tags.items():
+        client.set_tag(parent, key, value)
+    if best:
+        client.set_tag(parent, "best_trial_id", best["trial_id"])
+    client.set_tag(parent, FINALIZED_TAG, "true")
+    client.set_terminated(parent, status="FINISHED")
+    return version
+
+
+def _log_summary_metrics(recorder: MlflowRecorder, results: dict[str, Any]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    best = results.get("best") or {}
+    values = {f"best_{k}": best.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")}
+    values |= {f"trials_{k}": v for k, v in results["counts"].items()}
+    values["wall_seconds"] = results.get("wall_seconds")
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
+    recorder.client.log_batch(recorder.parent_id, metrics=metrics)
+
+
+def _write_summary_files(folder: Path, trials: Sequence[TrialSummary], results: dict[str, Any]) -> None:
+    (folder / RESULTS_FILE).write_text(_json(results))
+    columns = ["trial_id", "status", *CONFIG_KEYS, "epochs", "best_epoch", "val_loss", "val_acc",
+               "test_loss", "test_acc", "node_id"]
+    _write_csv(folder / "results.csv", [{c: getattr(t, c, None) if c not in CONFIG_KEYS
+                                         else t.config.get(c) for c in columns} for t in trials], columns)
+    rows = ablation_rows(trials)
+    _write_csv(folder / "ablation_batch_norm_x_skip.csv", rows, list(rows[0]))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from ray import tune
+
+    from search.registry import log_and_register
+    from trainables.trainable import load_checkpoint_model
+
+    with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
+        model = load_checkpoint_model(directory, {**best["config"], "epochs": config.epochs})
+    tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
+            config.metric: best.get("score"), "val_acc": best.get("val_acc"),
+            "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
+    return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model,
+                            config.mlflow.registered_model or config.name, tags)

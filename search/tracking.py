@@ -1,0 +1,380 @@
+"""Driver-side MLflow tracking: one parent run per sweep run, one nested child run per trial.
+
+All MLflow traffic goes from the driver (never from trial workers), so a remote
+cluster only needs the tracking server reachable from the head node. Every write is
+idempotent: a parent is found again by its `sweep_run` tag, a child by `trial_id`
+under its parent, and epochs already logged are skipped, so `--resume` and
+`tune sync-mlflow` add what is missing and never duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from search.mlflow_writer import BufferedWriter, quiet_mlflow_http_retries
+from search.storage import MLFLOW_IDS_FILE, ExperimentDir
+from spaces import SweepConfig, is_distribution
+
+log = logging.getLogger(__name__)
+
+TRACKED_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds",
+                   "test_loss", "test_acc")
+SWEEP_RUN_TAG = "sweep_run"
+ROLE_TAG = "role"
+TRIAL_ID_TAG = "trial_id"
+STATUS_TAG = "status"
+PARENT_TAG = "mlflow.parentRunId"
+FLUSH_TIMEOUT_S = 60.0
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where one sweep run is tracked: store, experiment, and the run's name."""
+
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    artifact_location: str | None = None
+
+
+def default_tracking_uri(config: SweepConfig, local_root: Path) -> str:
+    """The sweep's `mlflow.tracking_uri`, else `MLFLOW_TRACKING_URI`, else SQLite in the output folder."""
+    import os
+
+    if config.mlflow.tracking_uri:
+        return config.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{local_root / 'mlflow.db'}"
+
+
+def target_for(config: SweepConfig, run_name: str, local_root: Path, tracking_uri: str | None = None
+               ) -> TrackingTarget:
+    uri = tracking_uri or default_tracking_uri(config, local_root)
+    artifacts = (local_root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return TrackingTarget(uri, config.mlflow.experiment or config.name, run_name, artifacts)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The exact command that opens the MLflow UI on this store (bound to loopback)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+class MlflowRecorder:
+    """Idempotent MLflow writes for one sweep run; safe to repeat after any crash."""
+
+    def __init__(self, target: TrackingTarget, experiment_dir: ExperimentDir) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.target = target
+        self.client = MlflowClient(tracking_uri=target.tracking_uri)
+        self._experiment_dir = experiment_dir
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.children: dict[str, str] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._last_epoch: dict[str, int] = {}
+
+    # --- ids kept beside the Tune experiment ---------------------------------
+
+    def _recorded(self) -> dict[str, Any]:
+        stores = (self._experiment_dir.read_json(MLFLOW_IDS_FILE) or {}).get("stores", {})
+        return stores.get(self.target.tracking_uri, {})
+
+    def _save_ids(self) -> None:
+        document = self._experiment_dir.read_json(MLFLOW_IDS_FILE) or {"stores": {}}
+        document["stores"][self.target.tracking_uri] = {
+            "experiment_id": self.experiment_id, "parent_run_id": self.parent_id,
+            "children": self.children,
+        }
+        self._experiment_dir.write_json(MLFLOW_IDS_FILE, document)
+
+    # --- parent ---------------------------------------------------------------
+
+    def ensure_experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.target.experiment)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                self.target.experiment, artifact_location=self.target.artifact_location)
+        elif experiment.lifecycle_stage != "active":
+            self.client.restore_experiment(experiment.experiment_id)
+            self.experiment_id = experiment.experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+        return self.experiment_id
+
+    def attach_parent(self, tags: Mapping[str, str], params: Mapping[str, Any],
+                      artifacts: Iterable[tuple[str, str]] = ()) -> str:
+        """Find this sweep run's parent run (recorded id, then tag) or create it; mark it RUNNING."""
+        self.ensure_experiment()
+        recorded = self._recorded()
+        self.children.update(recorded.get("children", {}))
+        parent = self._active_run(recorded.get("parent_run_id")) or self._find_parent()
+        if parent is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.target.run_name,
+                tags={**tags, SWEEP_RUN_TAG: self.target.run_name, ROLE_TAG: "sweep"})
+            self.parent_id = run.info.run_id
+            self._log_params(self.parent_id, params)
+            for local_path, artifact_path in artifacts:
+                self.client.log_artifact(self.parent_id, local_path, artifact_path)
+        else:
+            self.parent_id = parent
+            self.client.update_run(self.parent_id, status="RUNNING")
+        self._save_ids()
+        return self.parent_id
+
+    def _active_run(self, run_id: str | None) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.get_http_status_code() == 404 or "not found" in str(err).lower():
+                return None
+            raise
+        return run_id if run.info.lifecycle_stage == "active" else None
+
+    def _find_parent(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{SWEEP_RUN_TAG} = '{self.target.run_name}' and tags.{ROLE_TAG} = 'sweep'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def set_parent_status(self, status: str) -> None:
+        self.client.set_terminated(self.parent_id, status=status)
+
+    # --- children ---------------------------------------------------------------
+
+    def remember_config(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        self._configs[trial_id] = dict(config)
+
+    def ensure_child(self, trial_id: str) -> str:
+        """The child run of `trial_id`: recorded, found under the parent, or created with its params."""
+        if trial_id in self.children and self._active_run(self.children[trial_id]):
+            self._load_last_epoch(trial_id)
+            return self.children[trial_id]
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_id}'",
+            max_results=1)
+        if runs:
+            self.children[trial_id] = runs[0].info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=trial_id,
+                tags={PARENT_TAG: self.parent_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running",
+                      SWEEP_RUN_TAG: self.target.run_name, ROLE_TAG: "trial"})
+            self.children[trial_id] = run.info.run_id
+            self._log_params(run.info.run_id, self._configs.get(trial_id, {}))
+            self._last_epoch[trial_id] = 0
+        self._save_ids()
+        self._load_last_epoch(trial_id)
+        return self.children[trial_id]
+
+    def _load_last_epoch(self, trial_id: str) -> None:
+        if trial_id not in self._last_epoch:
+            history = self.client.get_metric_history(self.children[trial_id], "epoch")
+            self._last_epoch[trial_id] = max((int(m.step) for m in history), default=0)
+
+    def log_epochs(self, trial_id: str, rows: Iterable[Mapping[str, Any]],
+                   tags: Mapping[str, str] | None = None) -> int:
+        """Log the named metrics of epochs not logged yet (step = epoch); returns how many epochs."""
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self.children.get(trial_id) or self.ensure_child(trial_id)
+        self._load_last_epoch(trial_id)
+        fresh = [r for r in rows if int(r["epoch"]) > self._last_epoch[trial_id]]
+        metrics = [
+            Metric(key, float(row[key]), int(float(row.get("timestamp") or 0) * 1000), int(row["epoch"]))
+            for row in fresh for key in TRACKED_METRICS
+            if row.get(key) is not None and not _is_missing(row[key])
+        ]
+        run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        if fresh:
+            run_tags.append(RunTag("last_epoch", str(max(int(r["epoch"]) for r in fresh))))
+        for start in range(0, max(len(metrics), 1), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH],
+                                  tags=run_tags if start == 0 else [])
+        if fresh:
+            self._last_epoch[trial_id] = max(int(r["epoch"]) for r in fresh)
+        return len(fresh)
+
+    def finish_child(self, trial_id: str, status: str, error: str | None = None) -> None:
+        """Tag the trial's outcome and close its run (FAILED for errored trials)."""
+        run_id = self.children.get(trial_id) or self.ensure_child(trial_id)
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        if error:
+            self.client.set_tag(run_id, "error", error[:4000])
+        self.client.set_terminated(run_id, status="FAILED" if status == "errored" else "FINISHED")
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+def _is_missing(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _param_text(value: Any) -> str:
+    return str(value)[:6000]
+
+
+# --- what the parent run records about the sweep ------------------------------
+
+
+def sweep_params(config: SweepConfig) -> dict[str, Any]:
+    """The resolved sweep as flat params: search, scheduler, space, data, resources."""
+    params: dict[str, Any] = {"metric": config.metric, "mode": config.mode, "epochs": config.epochs}
+    for section in ("search", "scheduler", "resources", "data"):
+        for key, value in getattr(config, section).model_dump().items():
+            params[f"{section}.{key}"] = value
+    for key, value in config.space.entries().items():
+        params[f"space.{key}"] = _describe(value)
+    return params
+
+
+def _describe(value: Any) -> str:
+    if not is_distribution(value):
+        return repr(value)
+    if value.kind in ("choice", "grid"):
+        return f"{value.kind}({', '.join(map(repr, getattr(value, value.kind)))})"
+    return f"{value.kind}({value.low!r}, {value.high!r})"
+
+
+def sweep_tags(config: SweepConfig, dataset: str, dataset_sha256: str) -> dict[str, str]:
+    """Provenance: code version, library versions, data identity, host."""
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    tags = {
+        "sweep": config.name,
+        "dataset": dataset,
+        "dataset_sha256": dataset_sha256,
+        "host": socket.gethostname(),
+        "ray_version": ray.__version__,
+        "torch_version": torch.__version__,
+        "optuna_version": optuna.__version__,
+        "mlflow_version": mlflow.__version__,
+        "mlflow.source.name": "tune run",
+    }
+    if config.description:
+        tags["mlflow.note.content"] = config.description
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    """The commit of the code being run, when it runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# --- the Tune callback ----------------------------------------------------------
+
+
+class MlflowCallback(tune.Callback):
+    """Turns Tune's trial events into queued MLflow writes, delivered by a background thread.
+
+    It is pickled into the Tuner's state, so `Tuner.restore` brings it back; only
+    settings are pickled, and `setup` reattaches to the recorded runs.
+    """
+
+    def __init__(self, target: TrackingTarget, experiment_dir: ExperimentDir, max_t: int,
+                 parent_tags: Mapping[str, str], parent_params: Mapping[str, Any],
+                 parent_artifacts: Iterable[tuple[str, str]] = ()) -> None:
+        self.target = target
+        self.experiment_dir = experiment_dir
+        self.max_t = max_t
+        self.parent_tags = dict(parent_tags)
+        self.parent_params = dict(parent_params)
+        self.parent_artifacts = list(parent_artifacts)
+        self._writer: BufferedWriter | None = None
+        self._recorder: MlflowRecorder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_writer", "_recorder")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._writer = self._recorder = None
+
+    def setup(self, **info: Any) -> None:
+        quiet_mlflow_http_retries()
+        self._writer = BufferedWriter()
+        self._recorder = MlflowRecorder(self.target, self.experiment_dir)
+        self._submit("open the sweep's parent run", self._recorder.attach_parent,
+                     self.parent_tags, self.parent_params, self.parent_artifacts)
+
+    def _submit(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self._writer.submit(what, partial(fn, *args, **kwargs))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._recorder.remember_config(trial.trial_id, trial.config)
+        self._submit(f"open the run of trial {trial.trial_id}", self._recorder.ensure_child, trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "epoch" not in result:
+            return
+        row = {k: result[k] for k in (*TRACKED_METRICS, "timestamp") if k in result}
+        tags = {"node_id": result["node_id"]} if result.get("node_id") else {}
+        self._submit(f"log epoch {result['epoch']} of trial {trial.trial_id}",
+                     self._recorder.log_epochs, trial.trial_id, [row], tags)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        status = "completed" if epochs >= self.max_t else "early_stopped"
+        self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
+                     trial.trial_id, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        message = str(error).strip().splitlines()[-1] if error else "trial failed"
+        self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
+                     trial.trial_id, "errored", message)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        retries = str(trial.run_metadata.num_failures)
+        self._submit(f"note a retry of trial {trial.trial_id}",
+                     lambda: self._recorder.client.set_tag(self._recorder.ensure_child(trial.trial_id),
+                                                           "retries", retries))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._writer is None:
+            return
+        pending = self._writer.pending
+        if not self._writer.close(FLUSH_TIMEOUT_S) or self._writer.dropped:
+            log.warning(
+                "mlflow: %s of the sweep's writes did not reach %s; the results are safe in %s and "
+                "`tune sync-mlflow %s` replays them", pending or self._writer.dropped,
+                self.target.tracking_uri, self.experiment_dir.uri, self.experiment_dir.uri)

@@ -1,0 +1,137 @@
+"""SweepConfig -> ray.tune.Tuner: search space, Optuna or Tune's generators, ASHA, run config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
+
+from search.optuna_bridge import BudgetAwareOptunaSearch, open_storage
+from spaces import SweepConfig, is_distribution
+from trainables.data import Data
+from trainables.trainable import train_trial
+
+MAX_FAILURES = 2
+CHECKPOINTS_KEPT = 2
+
+
+def to_tune_domain(dist: Any) -> Any:
+    """One sweep-file distribution as a Ray Tune search domain."""
+    if dist.kind == "choice":
+        return tune.choice(list(dist.choice))
+    if dist.kind == "grid":
+        return tune.grid_search(list(dist.grid))
+    if dist.kind == "uniform":
+        return tune.uniform(dist.low, dist.high)
+    if dist.kind == "loguniform":
+        return tune.loguniform(dist.low, dist.high)
+    if dist.kind == "int":
+        return tune.randint(dist.low, dist.high + 1)  # Tune's upper bound is exclusive
+    raise ValueError(f"unknown distribution kind {dist.kind}")
+
+
+def build_param_space(config: SweepConfig) -> dict[str, Any]:
+    """Tune's `param_space`: distributions for searched keys, fixed values for the rest."""
+    space = {
+        key: to_tune_domain(value) if is_distribution(value) else value
+        for key, value in config.space.entries().items()
+    }
+    space["epochs"] = config.epochs
+    return space
+
+
+def tpe_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE takes over: Optuna's 10, fewer for short sweeps."""
+    return max(3, min(10, num_samples // 4))
+
+
+def build_searcher(config: SweepConfig) -> Searcher | SearchAlgorithm:
+    """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator."""
+    search = config.search
+    if search.algorithm == "optuna":
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed,
+            n_startup_trials=tpe_startup_trials(search.num_samples),
+            multivariate=True,
+            constant_liar=True,  # parallel trials are not proposed on top of each other
+        )
+        return BudgetAwareOptunaSearch(
+            metric=config.metric,
+            mode=config.mode,
+            sampler=sampler,
+            storage=open_storage(search.storage),
+            study_name=search.study_name or config.name,
+            max_t=config.scheduler.max_t,
+        )
+    return BasicVariantGenerator(random_state=search.seed)
+
+
+def build_scheduler(config: SweepConfig) -> TrialScheduler:
+    """ASHA on epochs (`training_iteration`), or FIFO when early stopping is off."""
+    scheduler = config.scheduler
+    if scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=scheduler.max_t,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+def build_trainable(config: SweepConfig, data: Data) -> Any:
+    """The function trainable with the data in the object store and the trial's resources."""
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+
+
+def build_tuner(
+    config: SweepConfig,
+    data: Data,
+    *,
+    storage: str,
+    run_name: str,
+    max_concurrent_trials: int,
+    callbacks: Sequence[tune.Callback] = (),
+    verbose: int = 1,
+) -> tune.Tuner:
+    """A fresh Tuner for `config`, writing to `<storage>/<run_name>`."""
+    search = config.search
+    return tune.Tuner(
+        build_trainable(config, data),
+        param_space=build_param_space(config),
+        tune_config=tune.TuneConfig(
+            metric=config.metric,
+            mode=config.mode,
+            search_alg=build_searcher(config),
+            scheduler=build_scheduler(config),
+            num_samples=search.num_samples,
+            max_concurrent_trials=max_concurrent_trials,
+            time_budget_s=search.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            callbacks=list(callbacks),
+            verbose=verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        ),
+    )
+
+
+def restore_tuner(config: SweepConfig, data: Data, experiment_uri: str) -> tune.Tuner:
+    """The Tuner of an interrupted sweep: unfinished and errored trials continue from checkpoints."""
+    return tune.Tuner.restore(
+        experiment_uri,
+        build_trainable(config, data),
+        resume_unfinished=True,
+        resume_errored=True,
+        param_space=build_param_space(config),
+    )

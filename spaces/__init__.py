@@ -1,0 +1,29 @@
+"""What to search: sweep files (YAML) and the validated `SweepConfig` they become."""
+
+from spaces._distributions import Choice, Grid, IntRange, LogUniform, Uniform, is_distribution
+from spaces._loader import (
+    SPACES_DIR,
+    apply_override,
+    available_sweeps,
+    load_sweep,
+    resolve_sweep_path,
+    validate_sweep,
+)
+from spaces._schema import METRIC_MODES, SweepConfig
+
+__all__ = [
+    "METRIC_MODES",
+    "SPACES_DIR",
+    "Choice",
+    "Grid",
+    "IntRange",
+    "LogUniform",
+    "SweepConfig",
+    "Uniform",
+    "apply_override",
+    "available_sweeps",
+    "is_distribution",
+    "load_sweep",
+    "resolve_sweep_path",
+    "validate_sweep",
+]

@@ -1,0 +1,126 @@
+"""Search distributions as they are written in a sweep file: `{loguniform: [1e-4, 1e-2]}`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+T = TypeVar("T")
+
+
+class _Distribution(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]
+
+    def grid_size(self) -> int:
+        """How many trials one sample of this distribution expands to (grids only)."""
+        return 1
+
+
+class Choice(_Distribution, Generic[T]):
+    """Sample one of the listed values."""
+
+    kind: ClassVar[str] = "choice"
+    choice: list[T] = Field(min_length=1)
+
+
+class Grid(_Distribution, Generic[T]):
+    """Run every listed value (Tune's grid search)."""
+
+    kind: ClassVar[str] = "grid"
+    grid: list[T] = Field(min_length=1)
+
+    def grid_size(self) -> int:
+        return len(self.grid)
+
+
+class _Range(_Distribution, Generic[T]):
+    @property
+    def low(self) -> Any:
+        return self._bounds()[0]
+
+    @property
+    def high(self) -> Any:
+        return self._bounds()[1]
+
+    def _bounds(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _check_order(self) -> _Range:
+        if self.low > self.high:
+            raise ValueError(f"low is {self.low}, but must be <= high ({self.high})")
+        return self
+
+
+class Uniform(_Range[T], Generic[T]):
+    """A float sampled uniformly in [low, high]."""
+
+    kind: ClassVar[str] = "uniform"
+    uniform: tuple[T, T]
+
+    def _bounds(self) -> tuple[Any, Any]:
+        return self.uniform
+
+
+class LogUniform(_Range[T], Generic[T]):
+    """A float sampled uniformly in log space in [low, high]; low must be > 0."""
+
+    kind: ClassVar[str] = "loguniform"
+    loguniform: tuple[T, T]
+
+    def _bounds(self) -> tuple[Any, Any]:
+        return self.loguniform
+
+    @model_validator(mode="after")
+    def _check_positive(self) -> LogUniform:
+        if self.low <= 0:
+            raise ValueError(f"low is {self.low}, but must be > 0 on a log scale")
+        return self
+
+
+class IntRange(_Range[T], Generic[T]):
+    """An integer sampled uniformly in [low, high], both included (`int` or `randint`)."""
+
+    kind: ClassVar[str] = "int"
+    bounds: tuple[T, T] = Field(validation_alias=AliasChoices("int", "randint"))
+
+    def _bounds(self) -> tuple[Any, Any]:
+        return self.bounds
+
+
+DISTRIBUTIONS: dict[str, type[_Distribution]] = {
+    d.kind: d for d in (Choice, Grid, Uniform, LogUniform, IntRange)
+}
+ALIASES = {"randint": "int"}
+
+
+def _kind_of(raw: Any) -> str:
+    if isinstance(raw, _Distribution):
+        return raw.kind
+    if isinstance(raw, dict) and raw:
+        for key in raw:
+            kind = ALIASES.get(key, key)
+            if kind in DISTRIBUTIONS:
+                return kind
+        return str(next(iter(raw)))
+    return "fixed"
+
+
+def param_spec(value_type: Any, kinds: tuple[str, ...]) -> Any:
+    """The type of one search-space entry: a fixed `value_type` or one of `kinds`."""
+    members = [Annotated[value_type, Tag("fixed")]]
+    members += [Annotated[DISTRIBUTIONS[k][value_type], Tag(k)] for k in kinds]
+    return Annotated[
+        Union[tuple(members)],  # noqa: UP007 - built dynamically
+        Discriminator(
+            _kind_of,
+            custom_error_type="distribution",
+            custom_error_message=f"expected a fixed value or one of: {', '.join(kinds)}",
+        ),
+    ]
+
+
+def is_distribution(value: Any) -> bool:
+    return isinstance(value, _Distribution)

@@ -1,0 +1,168 @@
+"""The validated shape of a sweep file: `SweepConfig` and its sections."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spaces._distributions import is_distribution, param_spec
+
+BOOL_KINDS = ("choice", "grid")
+FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
+INT_KINDS = ("choice", "grid", "int")
+METRIC_MODES = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
+DATASETS = ("mnist", "fashion-mnist")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+LearningRate = Annotated[float, Field(gt=0)]
+L2 = Annotated[float, Field(ge=0)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+BatchSize = Annotated[int, Field(ge=2, le=60000)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Space(_Section):
+    """What to search: each key a fixed value or a distribution."""
+
+    batch_norm: param_spec(bool, BOOL_KINDS) = True
+    skip: param_spec(bool, BOOL_KINDS) = True
+    lr: param_spec(LearningRate, FLOAT_KINDS) = 1e-3
+    l2: param_spec(L2, FLOAT_KINDS) = 0.0
+    dropout: param_spec(Dropout, FLOAT_KINDS) = 0.0
+    batch_size: param_spec(BatchSize, INT_KINDS) = 128
+    seed: param_spec(Seed, INT_KINDS) = 0
+
+    def searched(self) -> dict[str, Any]:
+        """The entries that are distributions, by key."""
+        return {k: v for k, v in self.entries().items() if is_distribution(v)}
+
+    def entries(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class Search(_Section):
+    """How configurations are proposed."""
+
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    num_samples: int = Field(8, ge=1, le=100_000)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    storage: str | None = None
+    study_name: str | None = Field(None, pattern=NAME_PATTERN)
+
+
+class Scheduler(_Section):
+    """Early stopping: ASHA at epoch rungs, or FIFO for none."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int | None = Field(None, ge=1)
+
+
+class Resources(_Section):
+    """What one trial reserves on the cluster."""
+
+    cpu: float = Field(1.0, gt=0, le=1024)
+    gpu: float = Field(0.0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _check_gpu_fraction(self) -> Resources:
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise ValueError(
+                f"gpu is {self.gpu}, but a fraction of a GPU must be <= 1 "
+                "(use a whole number for several GPUs)"
+            )
+        return self
+
+
+class DataSection(_Section):
+    """Which dataset, how much of it, and how it is split."""
+
+    dataset: Literal[DATASETS] = "mnist"  # type: ignore[valid-type]
+    subset: int | None = Field(None, ge=100, le=60000)
+    split_seed: int = Field(0, ge=0)
+    dir: str | None = None
+
+
+class Mlflow(_Section):
+    """Where results are tracked; defaults derive from the sweep name and storage."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    registered_model: str | None = Field(None, pattern=NAME_PATTERN)
+
+
+class SweepConfig(_Section):
+    """One validated sweep: the only object the rest of the tool reads configuration from."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    metric: Literal[tuple(METRIC_MODES)] = "val_loss"  # type: ignore[valid-type]
+    mode: Literal["min", "max"] | None = None
+    epochs: int = Field(10, ge=1, le=10_000)
+    space: Space = Space()
+    search: Search = Search()
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    data: DataSection = DataSection()
+    storage: str = "runs"
+    mlflow: Mlflow = Mlflow()
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> SweepConfig:
+        expected = METRIC_MODES[self.metric]
+        if self.mode is not None and self.mode != expected:
+            raise ValueError(f"mode is {self.mode}, but {self.metric} must be {expected}imised")
+        object.__setattr__(self, "mode", expected)
+        scheduler = self.scheduler
+        if scheduler.max_t is None:
+            scheduler = scheduler.model_copy(update={"max_t": self.epochs})
+            object.__setattr__(self, "scheduler", scheduler)
+        _check_scheduler(scheduler, self.epochs)
+        _check_algorithm(self.search.algorithm, self.space)
+        return self
+
+    def trial_count(self) -> int:
+        """Trials the sweep will run: `num_samples` times every grid combination."""
+        return self.search.num_samples * math.prod(
+            d.grid_size() for d in self.space.searched().values()
+        )
+
+    def trial_config(self) -> dict[str, Any]:
+        """The fixed part of every trial's config (values that are not searched)."""
+        fixed = {k: v for k, v in self.space.entries().items() if not is_distribution(v)}
+        return {**fixed, "epochs": self.epochs}
+
+
+def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
+    if scheduler.max_t > epochs:
+        raise ValueError(f"scheduler.max_t is {scheduler.max_t}, but must be <= epochs ({epochs})")
+    if scheduler.type == "asha" and scheduler.grace_period > scheduler.max_t:
+        raise ValueError(
+            f"scheduler.grace_period is {scheduler.grace_period}, "
+            f"but must be <= max_t ({scheduler.max_t})"
+        )
+
+
+def _check_algorithm(algorithm: str, space: Space) -> None:
+    for key, dist in space.searched().items():
+        if dist.kind == "grid" and algorithm == "optuna":
+            raise ValueError(
+                f"space.{key} is a grid, but search.algorithm is optuna: "
+                "use choice with optuna, or set search.algorithm to grid"
+            )
+        if algorithm == "grid" and dist.kind != "grid":
+            raise ValueError(
+                f"space.{key} is {dist.kind}, but search.algorithm is grid: "
+                "every searched key of a grid sweep must be a grid"
+            )

@@ -1,0 +1,201 @@
+"""The training loop in plain PyTorch: one configuration, epoch by epoch."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.data import Data, Split
+from trainables.model import SeedNet
+
+EVAL_BATCH_SIZE = 1000  # small enough for the activations to stay in cache
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch", "epoch_seconds")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One trial's configuration; the names are the sweep's config keys."""
+
+    batch_norm: bool = True
+    skip: bool = True
+    lr: float = 1e-3
+    l2: float = 0.0
+    dropout: float = 0.0
+    batch_size: int = 128
+    epochs: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainParams:
+        """Build from a Tune config dict, converting each value to its field's type."""
+        names = {f.name: f.type for f in fields(cls)}
+        unknown = set(config) - set(names)
+        if unknown:
+            raise TypeError(f"unknown config keys: {sorted(unknown)}")
+        casts = {"bool": bool, "float": float, "int": int}
+        return cls(**{k: casts[names[k]](v) for k, v in config.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    generator: torch.Generator,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """One pass over a freshly shuffled training set; returns (mean loss, accuracy)."""
+    images, labels = split
+    model.train()
+    order = torch.randperm(len(labels), generator=generator).to(labels.device)
+    loss_sum = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    seen = 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        if len(batch) < 2:  # batch norm cannot train on a single sample
+            continue
+        logits = model(images[batch])
+        loss = nn.functional.cross_entropy(logits, labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulate on the device; one host sync per epoch, not per batch.
+        loss_sum += loss.detach() * len(batch)
+        correct += (logits.detach().argmax(1) == labels[batch]).sum()
+        seen += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` in eval mode (batch norm uses running stats)."""
+    images, labels = split
+    model.eval()
+    loss_sum = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        logits = model(images[start : start + EVAL_BATCH_SIZE])
+        target = labels[start : start + EVAL_BATCH_SIZE]
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
+
+
+def as_tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """View a split's arrays as tensors on `device` (no copy on the CPU)."""
+    with warnings.catch_warnings():
+        # Arrays from Ray's object store are read-only; training never writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        images = torch.from_numpy(np.asarray(split.images))
+        labels = torch.from_numpy(np.asarray(split.labels))
+    return images.to(device), labels.to(device)
+
+
+def build_model(params: TrainParams) -> SeedNet:
+    """The seed network with this configuration's switches, seeded for reproducibility."""
+    torch.manual_seed(params.seed)
+    return SeedNet(batch_norm=params.batch_norm, skip=params.skip, dropout=params.dropout)
+
+
+def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Adam:
+    """Adam with L2 as coupled weight decay.
+
+    `weight_decay` adds `l2 * w` to each gradient before Adam's moment estimates,
+    which is the gradient of the seed's explicit penalty `l2/2 * ||w||^2`; it is
+    not AdamW's decoupled decay.
+    """
+    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.l2)
+
+
+class TrainingRun:
+    """One configuration being trained: model, optimizer, RNG state and best weights.
+
+    `state_dict()` holds everything needed to continue at the next epoch with the
+    same results as an uninterrupted run.
+    """
+
+    def __init__(
+        self, params: TrainParams, data: Data, device: torch.device | str = "cpu"
+    ) -> None:
+        self.params = params
+        self.device = torch.device(device)
+        self.model = build_model(params).to(self.device)
+        self.optimizer = build_optimizer(self.model, params)
+        self.generator = torch.Generator().manual_seed(params.seed)
+        self.train_split = as_tensors(data.train, self.device)
+        self.val_split = as_tensors(data.val, self.device)
+        self.test_split = as_tensors(data.test, self.device)
+        self.epoch = 0
+        self.best_val_loss = math.inf
+        self.best_weights = copy.deepcopy(self.model.state_dict())
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.params.epochs
+
+    def run_epoch(self, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Train one epoch, evaluate on validation, keep the best weights; return metrics."""
+        started = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            self.model, self.optimizer, self.train_split, self.params.batch_size,
+            self.generator, progress,
+        )
+        val_loss, val_acc = evaluate(self.model, self.val_split)
+        self.epoch += 1
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        return {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+
+    def best_model(self) -> SeedNet:
+        """A copy of the network with the weights of the lowest validation loss."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best_weights)
+        return model.eval()
+
+    def test(self) -> dict[str, float]:
+        """Test loss and accuracy of the best-validation weights (final evaluation only)."""
+        test_loss, test_acc = evaluate(self.best_model(), self.test_split)
+        return {"test_loss": test_loss, "test_acc": test_acc}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_weights": self.best_weights,
+            "shuffle_rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_weights = state["best_weights"]
+        self.generator.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
