@@ -105,12 +105,15 @@ class BufferedWriter:
         return self._idle.wait(timeout_s)
 
     def close(self, timeout_s: float) -> bool:
-        """Deliver what is queued within `timeout_s`, then stop the thread; False if some was not."""
+        """Deliver what is queued within `timeout_s`, then stop the thread.
+
+        Returns False if any call was not delivered (still queued, or dropped).
+        """
         self._stop_at = time.monotonic() + timeout_s
-        delivered = self.flush(timeout_s)
+        flushed = self.flush(timeout_s)
         self._queue.put(None)
         self._thread.join(timeout=1.0)
-        return delivered
+        return flushed and self.dropped == 0
 
     def _drain(self) -> None:
         while True:

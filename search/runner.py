@@ -14,6 +14,7 @@ import yaml
 from search.report import TrialSummary, ablation_table, results_payload, top_trials_table
 from search.storage import (
     RESULTS_FILE,
+    STUDY_FILE,
     SWEEP_FILE,
     ExperimentDir,
     check_writable,
@@ -143,7 +144,8 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                                                                      config.resources.gpu)
         tuner = build_tuner(config, data, storage=experiment.storage, run_name=experiment.run_name,
                             max_concurrent_trials=slots, verbose=0 if options.as_json else 1,
-                            callbacks=[_tracking_callback(config, experiment, target)])
+                            callbacks=[_tracking_callback(config, experiment, target)],
+                            study_storage=None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}")
     tuner.fit()
     snapshot = load_trials(experiment.uri, config)
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),

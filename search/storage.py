@@ -16,6 +16,7 @@ MIN_FREE_BYTES = 200 * 1024 * 1024
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
 MLFLOW_IDS_FILE = "mlflow_runs.json"
+STUDY_FILE = "optuna.journal"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
 

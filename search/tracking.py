@@ -373,7 +373,7 @@ class MlflowCallback(tune.Callback):
         if self._writer is None:
             return
         pending = self._writer.pending
-        if not self._writer.close(FLUSH_TIMEOUT_S) or self._writer.dropped:
+        if not self._writer.close(FLUSH_TIMEOUT_S):
             log.warning(
                 "mlflow: %s of the sweep's writes did not reach %s; the results are safe in %s and "
                 "`tune sync-mlflow %s` replays them", pending or self._writer.dropped,

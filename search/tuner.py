@@ -48,8 +48,12 @@ def tpe_startup_trials(num_samples: int) -> int:
     return max(3, min(10, num_samples // 4))
 
 
-def build_searcher(config: SweepConfig) -> Searcher | SearchAlgorithm:
-    """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator."""
+def build_searcher(config: SweepConfig, default_storage: str | None = None) -> Searcher | SearchAlgorithm:
+    """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
+
+    The study lives in `search.storage` when the sweep names one, else in
+    `default_storage` (a journal file beside the Tune experiment), else in memory.
+    """
     search = config.search
     if search.algorithm == "optuna":
         import optuna
@@ -64,7 +68,7 @@ def build_searcher(config: SweepConfig) -> Searcher | SearchAlgorithm:
             metric=config.metric,
             mode=config.mode,
             sampler=sampler,
-            storage=open_storage(search.storage),
+            storage=open_storage(search.storage or default_storage),
             study_name=search.study_name or config.name,
             max_t=config.scheduler.max_t,
         )
@@ -99,6 +103,7 @@ def build_tuner(
     max_concurrent_trials: int,
     callbacks: Sequence[tune.Callback] = (),
     verbose: int = 1,
+    study_storage: str | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner for `config`, writing to `<storage>/<run_name>`."""
     search = config.search
@@ -108,7 +113,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
-            search_alg=build_searcher(config),
+            search_alg=build_searcher(config, study_storage),
             scheduler=build_scheduler(config),
             num_samples=search.num_samples,
             max_concurrent_trials=max_concurrent_trials,

@@ -100,7 +100,7 @@ def load_sweep(
 
 def validate_sweep(document: Mapping[str, Any], source: Path | None = None) -> SweepConfig:
     """Validate a parsed document; errors name the file and the key path."""
-    where = str(source) if source else "sweep"
+    where = str(source) if source else "--set"
     try:
         config = SweepConfig.model_validate({**document, "source": source})
     except ValidationError as err:

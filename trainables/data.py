@@ -252,16 +252,19 @@ def _files_in(directory: Path) -> tuple[dict[str, Path], list[str]]:
 def _read_all(
     spec: DatasetSpec, paths: Mapping[str, Path]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    arrays = {name: read_idx(path, spec.sha256[name]) for name, path in paths.items()}
+    """Parse all four files, check that images and labels pair up, then verify checksums."""
+    parsed = {name: _parse_file(path) for name, path in paths.items()}
     out = {}
     for part, (images_name, labels_name) in (("train", TRAIN_FILES), ("test", TEST_FILES)):
-        images, labels = arrays[images_name], arrays[labels_name]
+        (images, _), (labels, _) = parsed[images_name], parsed[labels_name]
         if len(images) != len(labels):
             raise UserError(
                 f"{paths[images_name]}: holds {len(images)} images, but "
                 f"{paths[labels_name].name} holds {len(labels)} labels"
             )
         out[part] = (images, labels.astype(np.int64))
+    for name, (_, digest) in parsed.items():
+        _check_digest(paths[name], digest, spec.sha256[name])
     return out
 
 
@@ -269,8 +272,15 @@ def _read_all(
 
 
 def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.ndarray:
-    """Read one IDX file (raw or gzipped), check its structure and its checksum."""
-    path = Path(path)
+    """Read one IDX file (raw or gzipped), check its structure and, if given, its checksum."""
+    array, digest = _parse_file(Path(path))
+    if expected_sha256 is not None:
+        _check_digest(Path(path), digest, expected_sha256)
+    return array
+
+
+def _parse_file(path: Path) -> tuple[np.ndarray, str]:
+    """The array in an IDX file and the SHA-256 of its decompressed content."""
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -280,15 +290,15 @@ def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise UserError(f"{path}: damaged or truncated gzip data ({err})") from None
-    array = parse_idx(raw, str(path))
-    if expected_sha256 is not None:
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != expected_sha256:
-            raise UserError(
-                f"{path}: SHA-256 of the content is {digest[:16]}…, "
-                f"but the official file's is {expected_sha256[:16]}…"
-            )
-    return array
+    return parse_idx(raw, str(path)), hashlib.sha256(raw).hexdigest()
+
+
+def _check_digest(path: Path, digest: str, expected: str) -> None:
+    if digest != expected:
+        raise UserError(
+            f"{path}: SHA-256 of the content is {digest[:16]}…, "
+            f"but the official file's is {expected[:16]}…"
+        )
 
 
 def parse_idx(raw: bytes, name: str) -> np.ndarray:

@@ -1,0 +1,165 @@
+"""Shared test helpers: data location, the CLI in a subprocess, Ray clusters started and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_ALL_ENV = "SWEEP_TESTS_REQUIRE_ALL"  # CI sets it: a missing resource fails instead of skipping
+
+# Token authentication stays on in every test: this process, the CLI subprocesses and the
+# clusters the tests start all use one test token (never the user's ~/.ray/auth_token).
+# Set before anything imports Ray, which reads the mode once.
+TEST_RAY_TOKEN = secrets.token_hex(16)
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = TEST_RAY_TOKEN
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.pop("RAY_ADDRESS", None)
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when `what` is not installed here; in CI (SWEEP_TESTS_REQUIRE_ALL=1) fail instead."""
+    if available:
+        return
+    if os.environ.get(REQUIRE_ALL_ENV):
+        pytest.fail(f"{what} is required in CI but not available")
+    pytest.skip(f"{what} not installed")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> str:
+    """The official MNIST files (CI points MNIST_DIR at ../shared/data/mnist)."""
+    path = os.environ.get("MNIST_DIR")
+    require(bool(path) and Path(path).is_dir(), "MNIST files (set MNIST_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(mnist_dir: str):  # type: ignore[no-untyped-def]
+    from trainables.data import load_data
+
+    return load_data("mnist", mnist_dir, subset=600, split_seed=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: the test token, an empty cache, no outside tracking URI."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600) -> CliResult:
+    """`python -m search ARGS` in a subprocess, as a user would run `tune ARGS`."""
+    proc = subprocess.run([sys.executable, "-m", "search", *args], env=env, cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `python -m search ARGS` in the background, output to `log_path`."""
+    log = log_path.open("w")
+    return subprocess.Popen([sys.executable, "-m", "search", *args], env=env, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Stop a process we started, and its process group, by pid."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@dataclass
+class RayNode:
+    proc: subprocess.Popen
+    address: str
+
+
+def ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def start_ray_node(env: dict[str, str], num_cpus: int, head_address: str | None = None,
+                   extra: tuple[str, ...] = ()) -> RayNode:
+    """`ray start --block` on 127.0.0.1 (a head, or a worker joining `head_address`)."""
+    args = [ray_bin(), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+            "--disable-usage-stats", *extra]
+    if head_address is None:
+        port = free_port()
+        args += ["--head", f"--port={port}", "--include-dashboard=false"]
+        address = f"127.0.0.1:{port}"
+    else:
+        args += [f"--address={head_address}"]
+        address = head_address
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    return RayNode(proc, address)
+
+
+WAIT_FOR_NODES = """
+import ray, sys, time
+ray.init(address=sys.argv[1], logging_level="ERROR")
+deadline = time.time() + float(sys.argv[3])
+while sum(n["Alive"] for n in ray.nodes()) < int(sys.argv[2]):
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.5)
+"""
+
+
+def wait_for_nodes(address: str, env: dict[str, str], count: int, timeout_s: float = 90) -> None:
+    """Block until the cluster at `address` has `count` alive nodes."""
+    deadline = time.time() + timeout_s
+    while True:
+        proc = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address, str(count), str(timeout_s)],
+                              env=env, capture_output=True, text=True, timeout=timeout_s + 30)
+        if proc.returncode == 0:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"Ray at {address} did not reach {count} nodes: {proc.stderr[-2000:]}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayNode]:
+    """One local Ray head (2 CPUs, token auth) shared by the integration tests; stopped by pid."""
+    env = dict(os.environ)
+    node = start_ray_node(env, num_cpus=2)
+    try:
+        wait_for_nodes(node.address, env, 1)
+        yield node
+    finally:
+        stop_process(node.proc)

@@ -1,0 +1,81 @@
+"""The Optuna bridge: trials ASHA stopped are PRUNED, only trials that reached max_t are COMPLETE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from search.optuna_bridge import RAY_TRIAL_ID_ATTR, BudgetAwareOptunaSearch, open_storage
+
+SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
+
+
+def searcher(cls=BudgetAwareOptunaSearch, **kwargs):
+    extra = {"max_t": 4} if cls is BudgetAwareOptunaSearch else {}
+    search = cls(metric="val_loss", mode="min", seed=0, **extra, **kwargs)
+    search.set_search_properties("val_loss", "min", SPACE)
+    return search
+
+
+def feed(search, trial_id, losses, error=False):
+    search.suggest(trial_id)
+    for epoch, loss in enumerate(losses, start=1):
+        search.on_trial_result(trial_id, {"val_loss": loss, "training_iteration": epoch})
+    last = {"val_loss": losses[-1], "training_iteration": len(losses)} if losses else None
+    search.on_trial_complete(trial_id, last, error=error)
+
+
+def states(search):
+    return {t.user_attrs[RAY_TRIAL_ID_ATTR]: t.state for t in search.study.trials}
+
+
+def test_stopped_early_is_pruned_and_reaching_max_t_is_complete():
+    search = searcher()
+    feed(search, "stopped", [0.9, 0.8])
+    feed(search, "finished", [0.9, 0.5, 0.4, 0.3])
+    assert states(search) == {"stopped": TrialState.PRUNED, "finished": TrialState.COMPLETE}
+    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in search.study.trials}
+    assert trials["stopped"].intermediate_values == {1: 0.9, 2: 0.8}
+    assert trials["finished"].value == 0.3
+
+
+def test_ray_stock_searcher_would_call_the_stopped_trial_complete():
+    stock = OptunaSearch(metric="val_loss", mode="min", seed=0)
+    stock.set_search_properties("val_loss", "min", SPACE)
+    feed(stock, "stopped", [0.9, 0.8])
+    assert stock._ot_study.trials[0].state == TrialState.COMPLETE  # the budget mix-up we fix
+
+
+def test_errors_and_nan_are_failures():
+    search = searcher()
+    feed(search, "crashed", [0.9], error=True)
+    feed(search, "diverged", [0.9, math.nan, math.nan, math.nan])
+    assert states(search) == {"crashed": TrialState.FAIL, "diverged": TrialState.FAIL}
+
+
+def test_a_second_completion_is_ignored():
+    search = searcher()
+    feed(search, "t", [0.5, 0.4, 0.3, 0.2])
+    search.on_trial_complete("t", {"val_loss": 0.1, "training_iteration": 4})
+    assert search.study.trials[0].value == 0.2
+
+
+def test_journal_storage_keeps_the_study_across_searchers(tmp_path):
+    journal = str(tmp_path / "study.journal")
+    first = searcher(storage=open_storage(journal), study_name="s")
+    feed(first, "a", [0.5, 0.4, 0.3, 0.2])
+    second = searcher(storage=open_storage(journal), study_name="s")
+    assert [t.state for t in second.study.trials] == [TrialState.COMPLETE]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///x.db"])
+def test_storage_urls_are_rdb(tmp_path, url, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from optuna.storages import RDBStorage
+
+    assert isinstance(open_storage(url), RDBStorage)
+    assert open_storage(None) is None

@@ -1,0 +1,116 @@
+"""MLflow recorder on a real SQLite store: one parent, nested children, nothing written twice."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.storage import MLFLOW_IDS_FILE, ExperimentDir
+from search.tracking import PARENT_TAG, MlflowRecorder, TrackingTarget, sweep_params
+from spaces import load_sweep
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One SQLite store for the module (creating one takes seconds); each test its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(database, tmp_path, request):
+    target = TrackingTarget(database, request.node.name, "run-1", (tmp_path / "art").as_uri())
+    return target, ExperimentDir(str(tmp_path / "storage"), "run-1")
+
+
+def rows(epochs):
+    return [{"epoch": e, "val_loss": 1.0 / e, "val_acc": 0.5 + e / 100, "timestamp": 1.7e9 + e}
+            for e in epochs]
+
+
+def runs(target):
+    client = MlflowClient(target.tracking_uri)
+    experiment = client.get_experiment_by_name(target.experiment)
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_parent_and_children_are_created_once(store):
+    target, experiment = store
+    recorder = MlflowRecorder(target, experiment)
+    parent = recorder.attach_parent({"sweep": "s"}, {"epochs": 3})
+    recorder.remember_config("t1", {"lr": 0.1})
+    child = recorder.ensure_child("t1")
+    assert recorder.attach_parent({"sweep": "s"}, {"epochs": 3}) == parent
+    assert recorder.ensure_child("t1") == child
+    client, found = runs(target)
+    assert len(found) == 2
+    child_run = client.get_run(child)
+    assert child_run.data.tags[PARENT_TAG] == parent and child_run.data.params == {"lr": "0.1"}
+
+
+def test_epochs_logged_once_with_step_equal_to_epoch(store):
+    target, experiment = store
+    recorder = MlflowRecorder(target, experiment)
+    recorder.attach_parent({}, {})
+    recorder.remember_config("t1", {})
+    assert recorder.log_epochs("t1", rows([1, 2, 3])) == 3
+    assert recorder.log_epochs("t1", rows([2, 3, 4])) == 1
+    client, _ = runs(target)
+    history = client.get_metric_history(recorder.children["t1"], "val_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert client.get_run(recorder.children["t1"]).data.tags["last_epoch"] == "4"
+
+
+def test_a_new_process_reattaches_and_continues_at_the_right_step(store):
+    target, experiment = store
+    first = MlflowRecorder(target, experiment)
+    parent = first.attach_parent({}, {})
+    first.remember_config("t1", {})
+    first.log_epochs("t1", rows([1, 2]))
+    second = MlflowRecorder(target, experiment)  # as after `tune run --resume`
+    assert second.attach_parent({}, {}) == parent
+    assert second.log_epochs("t1", rows([1, 2, 3])) == 1
+    client, found = runs(target)
+    assert len(found) == 2
+    assert [m.step for m in client.get_metric_history(first.children["t1"], "epoch")] == [1, 2, 3]
+
+
+def test_lost_id_file_falls_back_to_tags(store, tmp_path):
+    target, experiment = store
+    first = MlflowRecorder(target, experiment)
+    parent = first.attach_parent({}, {})
+    first.remember_config("t1", {})
+    child = first.ensure_child("t1")
+    (tmp_path / "storage" / "run-1" / MLFLOW_IDS_FILE).unlink()
+    second = MlflowRecorder(target, experiment)
+    assert second.attach_parent({}, {}) == parent
+    assert second.ensure_child("t1") == child
+
+
+def test_ids_are_kept_per_store(store, tmp_path):
+    target, experiment = store
+    MlflowRecorder(target, experiment).attach_parent({}, {})
+    other = TrackingTarget(target.tracking_uri + "?other=1", "other-exp", "run-1")
+    MlflowRecorder(other, experiment).attach_parent({}, {})
+    stores = experiment.read_json(MLFLOW_IDS_FILE)["stores"]
+    assert set(stores) == {target.tracking_uri, other.tracking_uri}
+
+
+def test_finished_child_carries_its_status(store):
+    target, experiment = store
+    recorder = MlflowRecorder(target, experiment)
+    recorder.attach_parent({}, {})
+    for trial_id, status in [("a", "completed"), ("b", "early_stopped"), ("c", "errored")]:
+        recorder.remember_config(trial_id, {})
+        recorder.finish_child(trial_id, status, "boom" if status == "errored" else None)
+    client, _ = runs(target)
+    got = {t: client.get_run(recorder.children[t]) for t in "abc"}
+    assert {t: r.data.tags["status"] for t, r in got.items()} == {
+        "a": "completed", "b": "early_stopped", "c": "errored"}
+    assert got["c"].info.status == "FAILED" and got["a"].info.status == "FINISHED"
+
+
+def test_sweep_params_describe_the_search():
+    params = sweep_params(load_sweep("smoke"))
+    assert params["space.lr"] == "loguniform(0.0001, 0.01)"
+    assert params["space.batch_norm"] == "choice(True, False)"
+    assert params["search.algorithm"] == "optuna" and params["scheduler.reduction_factor"] == 2.0

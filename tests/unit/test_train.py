@@ -1,0 +1,69 @@
+"""The training loop: determinism, exact resumption, best weights, L2 as coupled weight decay."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainables.train import TrainingRun, TrainParams, build_model, build_optimizer
+
+PARAMS = TrainParams(batch_norm=True, skip=True, lr=2e-3, batch_size=64, epochs=2, dropout=0.2, seed=3)
+
+
+def run_epochs(data, params, epochs):
+    run = TrainingRun(params, data)
+    return run, [run.run_epoch() for _ in range(epochs)]
+
+
+def without_time(metrics):
+    return [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in metrics]
+
+
+def test_same_seed_gives_identical_metrics(small_data):
+    _, first = run_epochs(small_data, PARAMS, 2)
+    _, second = run_epochs(small_data, PARAMS, 2)
+    assert without_time(first) == without_time(second)
+
+
+def test_another_seed_gives_other_metrics(small_data):
+    _, first = run_epochs(small_data, PARAMS, 1)
+    _, other = run_epochs(small_data, TrainParams(**{**PARAMS.as_dict(), "seed": 4}), 1)
+    assert without_time(first) != without_time(other)
+
+
+def test_resuming_from_a_state_dict_continues_exactly(small_data):
+    _, straight = run_epochs(small_data, PARAMS, 2)
+    interrupted, _ = run_epochs(small_data, PARAMS, 1)
+    state = copy.deepcopy(interrupted.state_dict())
+    torch.manual_seed(999)  # whatever happened in between must not matter
+    resumed = TrainingRun(PARAMS, small_data)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    assert without_time([resumed.run_epoch()]) == without_time(straight[1:])
+
+
+def test_test_metrics_come_from_the_best_validation_weights(small_data):
+    run, history = run_epochs(small_data, PARAMS, 2)
+    best = min(history, key=lambda m: m["val_loss"])
+    assert run.best_val_loss == best["val_loss"]
+    model = run.best_model()
+    for key, value in run.best_weights.items():
+        assert torch.equal(model.state_dict()[key], value)
+    assert set(run.test()) == {"test_loss", "test_acc"}
+
+
+def test_l2_is_adam_weight_decay():
+    params = TrainParams(l2=1e-4, lr=3e-3)
+    optimizer = build_optimizer(build_model(params), params)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert optimizer.param_groups[0]["lr"] == 3e-3
+
+
+def test_params_from_a_tune_config_are_typed_and_checked():
+    params = TrainParams.from_config({"lr": "0.01", "batch_size": 64.0, "batch_norm": 0})
+    assert (params.lr, params.batch_size, params.batch_norm) == (0.01, 64, False)
+    with pytest.raises(TypeError, match="unknown config keys"):
+        TrainParams.from_config({"learning_rate": 0.1})
