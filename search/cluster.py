@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 
 from trainables.errors import UserError
@@ -13,6 +14,7 @@ log = logging.getLogger(__name__)
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 LOCAL_HOST = "127.0.0.1"
 SHARED_STORAGE_PROBE_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False) -> str:
@@ -34,9 +36,11 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
     kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     try:
         if address:
+            check_reachable(address)
             ray.init(address=address, **kwargs)
-        else:
-            ray.init(_node_ip_address=LOCAL_HOST, dashboard_host=dashboard_host, **kwargs)
+        else:  # "local": a new Ray of our own, never whatever `ray start` left on this machine
+            ray.init(address="local", _node_ip_address=LOCAL_HOST, dashboard_host=dashboard_host,
+                     **kwargs)
     except ray.exceptions.AuthenticationError as err:
         raise UserError(f"Ray at {address or 'local'} refused the connection: {err}") from None
     except ConnectionError as err:
@@ -45,6 +49,21 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return (f"Ray {'at ' + address if address else 'local'}: {len(nodes)} node(s), "
             f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast, with the address in the message, when HOST:PORT does not answer.
+
+    Ray itself would wait for minutes on a dead address. `auto` and `ray://` are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"cannot reach Ray at {address}: {err.strerror or err}; is the cluster up "
+                        "(ray up cluster.yaml / ray start --head)?") from None
 
 
 def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:

@@ -60,6 +60,8 @@ def log_and_register(
             registered_model_name=registered_name,
             pip_requirements=model_requirements(),
             code_paths=[str(CODE_DIR)],
+            # A plain nn.Module on load (eval(), train(), fine-tuning); the pt2 export is a frozen graph.
+            serialization_format="pickle",
         )
     client = mlflow.tracking.MlflowClient(tracking_uri)
     version = str(info.registered_model_version)

@@ -88,17 +88,19 @@ def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subproces
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """Stop a process we started, and its process group, by pid."""
-    if proc.poll() is not None:
-        return
+    """Stop a process we started by pid (SIGTERM, so it shuts down what it started), then
+    SIGKILL whatever is left of its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
         proc.wait(timeout=10)
 
 

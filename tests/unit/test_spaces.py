@@ -22,7 +22,7 @@ def test_shipped_sweeps_are_valid():
         assert config.name == name
 
 
-@pytest.mark.parametrize("name, trials", [("seed_bn", 4), ("seed_skip", 4), ("smoke", 6), ("default", 40)])
+@pytest.mark.parametrize("name, trials", [("seed_bn", 4), ("seed_skip", 4), ("smoke", 8), ("default", 40)])
 def test_trial_counts(name, trials):
     assert load_sweep(name).trial_count() == trials
 
