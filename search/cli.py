@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from trainables.errors import UserError
 
+if TYPE_CHECKING:
+    from spaces import SweepConfig
+
+STORAGE_ENV = "SWEEP_STORAGE"
 RAY_COMMANDS = ("ls", "list-trials", "lsx", "list-experiments", "add-note")
 
 
@@ -45,7 +51,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def flag_overrides(overrides: Sequence[str], **flags: object) -> list[str]:
     """`--set` values plus the shortcut flags as overrides; a key set twice is an error."""
     targets = {"epochs": "epochs", "subset": "data.subset", "seed": "space.seed",
-               "data_dir": "data.dir", "num_samples": "search.num_samples"}
+               "data_dir": "data.dir", "num_samples": "search.num_samples", "storage": "storage"}
     result = list(overrides)
     for flag, value in flags.items():
         if value is None:
@@ -56,6 +62,17 @@ def flag_overrides(overrides: Sequence[str], **flags: object) -> list[str]:
             raise UserError(f"--{flag.replace('_', '-')} and --set {clash[0]} both set {key}; give one")
         result.append(f"{key}={value}")
     return result
+
+
+def load_run_config(sweep: str, overrides: Sequence[str]) -> SweepConfig:
+    """The sweep with its overrides; `SWEEP_STORAGE` applies when neither the file nor a flag sets storage."""
+    from spaces import load_sweep
+
+    config = load_sweep(sweep, overrides)
+    env_storage = os.environ.get(STORAGE_ENV)
+    if env_storage and "storage" not in config.model_fields_set:
+        config = config.model_copy(update={"storage": env_storage})
+    return config
 
 
 SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples=4 (repeatable)."
@@ -96,6 +113,8 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--address", help="Ray cluster to use: auto, HOST:PORT or ray://… (default: RAY_ADDRESS, "
               "else a local Ray).")
 @click.option("--name", "run_name", help="Name of this run (default: <sweep>-<UTC time>).")
+@click.option("--storage", help="Where results go: a folder or s3://… (default: the sweep's `storage`, "
+              "else SWEEP_STORAGE, else ./runs).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--num-samples", type=click.IntRange(min=1), help="Trials to sample.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run --name (default: the latest).")
@@ -103,16 +122,15 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout at the end.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,
               help="Address the local Ray dashboard listens on.")
-def run(sweep: str, address: str | None, run_name: str | None, overrides: tuple[str, ...],
-        num_samples: int | None, resume: bool, dry_run: bool, as_json: bool, dashboard_host: str) -> None:
+def run(sweep: str, address: str | None, run_name: str | None, storage: str | None,
+        overrides: tuple[str, ...], num_samples: int | None, resume: bool, dry_run: bool, as_json: bool,
+        dashboard_host: str) -> None:
     """Search SWEEP (a file, or the name of one in spaces/) with Optuna + ASHA on Ray Tune."""
-    from spaces import load_sweep
-
     if resume and (overrides or num_samples):
         raise UserError("--resume continues a sweep as it was started; it takes no --set or --num-samples")
     if resume and dry_run:
         raise UserError("--resume and --dry-run exclude each other")
-    config = load_sweep(sweep, flag_overrides(overrides, num_samples=num_samples))
+    config = load_run_config(sweep, flag_overrides(overrides, num_samples=num_samples, storage=storage))
     from search.runner import RunOptions, run_sweep
 
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run,

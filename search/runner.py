@@ -162,12 +162,18 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
     experiment.write_json(RESULTS_FILE, payload)
     if interrupted:
         print(f"\ninterrupted: state saved in {experiment.uri}\nresume with: "
-              f"tune run {config.name} --name {experiment.run_name} --resume", file=sys.stderr)
+              f"{resume_command(config, experiment)}", file=sys.stderr)
         return SweepOutcome(EXIT_INTERRUPTED, payload)
     _print_summary(snapshot.trials, best, payload, experiment)
     if snapshot.trials and all(t.status == "errored" for t in snapshot.trials):
         return SweepOutcome(EXIT_ALL_ERRORED, payload)
     return SweepOutcome(EXIT_OK, payload)
+
+
+def resume_command(config: SweepConfig, experiment: ExperimentDir) -> str:
+    """The exact command that continues this run."""
+    storage = "" if experiment.storage == resolve_storage("runs") else f" --storage {experiment.storage}"
+    return f"tune run {config.name} --name {experiment.run_name}{storage} --resume"
 
 
 def local_root(experiment: ExperimentDir) -> Path:

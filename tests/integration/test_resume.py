@@ -1,0 +1,78 @@
+"""Ctrl-C stops a sweep with its state saved; `--resume` finishes it, nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli, start_cli, stop_process
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 6
+TRIALS = 8
+
+
+def trial_epochs(experiment: Path) -> dict[str, list[int]]:
+    """Every epoch each trial reported, in order, from Tune's own result files."""
+    epochs = {}
+    for result in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            epochs[rows[0]["trial_id"]] = [int(row["epoch"]) for row in rows if "epoch" in row]
+    return epochs
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_sigint_then_resume_completes_the_sweep(base_env, tmp_path):
+    storage = tmp_path / "runs"
+    experiment = storage / "interrupted"
+    first = start_cli(["run", "smoke", "--name", "interrupted", "--storage", str(storage),
+                       "--set", "scheduler.type=fifo", "--set", f"epochs={EPOCHS}"], base_env,
+                      tmp_path / "first.log")
+    try:
+        wait_for(lambda: sum(max(e, default=0) >= 2 for e in trial_epochs(experiment).values()) >= 2,
+                 180, "two trials past epoch 2")
+        os.kill(first.pid, signal.SIGINT)  # what Ctrl-C sends to the driver
+        assert first.wait(timeout=180) == 130
+    finally:
+        stop_process(first)
+    log = (tmp_path / "first.log").read_text()
+    assert f"resume with: tune run smoke --name interrupted --storage {storage} --resume" in log
+    before = trial_epochs(experiment)
+    assert sum(len(e) == EPOCHS for e in before.values()) < TRIALS, "interrupted too late to test"
+
+    second = run_cli(["run", "smoke", "--name", "interrupted", "--storage", str(storage), "--resume"],
+                     base_env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["status"] == "finished" and results["num_trials"] == TRIALS
+    after = trial_epochs(experiment)
+    assert len(after) == TRIALS
+    for trial_id, epochs in after.items():
+        assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
+        assert epochs.count(1) == 1, f"trial {trial_id} restarted at epoch 1: {epochs}"
+        assert all(b >= a - 1 for a, b in zip(epochs, epochs[1:])), (trial_id, epochs)
+
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == TRIALS
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], steps)
