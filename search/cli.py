@@ -141,6 +141,22 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     sys.exit(outcome.exit_code)
 
 
+@cli.command("sync-mlflow")
+@click.argument("experiment_dir")
+@click.option("--tracking-uri", help="Store to replay into (default: the sweep's, else MLFLOW_TRACKING_URI, "
+              "else the SQLite store beside the experiment).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds to keep retrying an unreachable store.")
+def sync_mlflow(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> None:
+    """Replay a sweep run from Tune storage into MLflow, adding only what is missing."""
+    from search.sync import sync_experiment
+
+    report = sync_experiment(experiment_dir, tracking_uri, timeout_s)
+    click.echo(f"parent run {report.parent_run_id}: {report.children} trial runs, "
+               f"{report.epochs_added} epochs added"
+               + (f", model version {report.registered}" if report.registered else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `tune` and `python -m search`: user errors are one line and exit 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

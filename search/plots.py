@@ -37,6 +37,7 @@ def study_from_trials(trials: Sequence[TrialSummary], config: SweepConfig) -> An
     """An in-memory Optuna study holding this sweep run's scored trials."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = {k: optuna_distribution(d) for k, d in config.space.searched().items()}
     study = optuna.create_study(direction="minimize" if config.mode == "min" else "maximize",
                                 study_name=config.name)

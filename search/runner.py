@@ -172,8 +172,12 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
 
 def resume_command(config: SweepConfig, experiment: ExperimentDir) -> str:
     """The exact command that continues this run."""
+    from spaces import SPACES_DIR
+
+    shipped = config.source is None or Path(config.source).resolve().parent == SPACES_DIR
+    sweep = config.name if shipped else str(config.source)
     storage = "" if experiment.storage == resolve_storage("runs") else f" --storage {experiment.storage}"
-    return f"tune run {config.name} --name {experiment.run_name}{storage} --resume"
+    return f"tune run {sweep} --name {experiment.run_name}{storage} --resume"
 
 
 def local_root(experiment: ExperimentDir) -> Path:

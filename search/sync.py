@@ -82,14 +82,15 @@ def sync_sweep(
         retry("open the parent run", recorder.attach_parent, tags, params, artifacts)
     added = 0
     for trial in snapshot.trials:
-        recorder.remember_config(trial.trial_id, {**trial.config, "epochs": config.epochs})
+        started_ms, ended_ms = _trial_times(trial)
+        recorder.remember_config(trial.trial_id, {**trial.config, "epochs": config.epochs}, started_ms)
         retry(f"open the run of {trial.trial_id}", recorder.ensure_child, trial.trial_id)
         extra = {"node_id": trial.node_id} if trial.node_id else None
         added += retry(f"log epochs of {trial.trial_id}", recorder.log_epochs, trial.trial_id,
                        trial.history, extra)
         if trial.status != "unfinished":
             retry(f"close the run of {trial.trial_id}", recorder.finish_child, trial.trial_id,
-                  trial.status, trial.error)
+                  trial.status, trial.error, ended_ms)
     report = SyncReport(recorder.parent_id, len(snapshot.trials), added)
     results = experiment.read_json(RESULTS_FILE)
     if results is None or results.get("status") != "finished":
@@ -98,6 +99,16 @@ def sync_sweep(
     report.registered = retry("finalise the parent run", finalize_parent, recorder, config,
                               snapshot.trials, results, on_finalize)
     return report
+
+
+def _trial_times(trial: TrialSummary) -> tuple[int | None, int | None]:
+    """When a trial started and ended (ms), from its epochs' report times."""
+    reported = [h for h in trial.history if "timestamp" in h]
+    if not reported:
+        return None, None
+    first = reported[0]
+    started = first["timestamp"] - first.get("epoch_seconds", 0)
+    return int(started * 1000), int(reported[-1]["timestamp"] * 1000)
 
 
 def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Sequence[TrialSummary],
@@ -181,3 +192,25 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
             "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
     return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model,
                             config.mlflow.registered_model or config.name, tags)
+
+
+def sync_experiment(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> SyncReport:
+    """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow."""
+    from search.experiment import load_trials
+    from search.runner import local_root
+    from search.storage import resolve_storage
+    from search.tracking import target_for
+    from spaces import validate_sweep
+    from trainables.errors import UserError
+
+    uri = resolve_storage(experiment_dir)
+    storage, _, run_name = uri.rpartition("/")
+    experiment = ExperimentDir(storage, run_name)
+    saved = experiment.read_json(SWEEP_FILE) if experiment.exists() else None
+    if saved is None:
+        raise UserError(f"{experiment_dir}: not a sweep run folder (no {SWEEP_FILE})")
+    source = saved.pop("source", None)
+    config = validate_sweep(saved, Path(source) if source else None)
+    target = target_for(config, run_name, local_root(experiment), tracking_uri)
+    snapshot = load_trials(experiment.uri, config)
+    return sync_sweep(config, experiment, target, snapshot, timeout_s=timeout_s)

@@ -13,6 +13,7 @@ import logging
 import math
 import socket
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +36,7 @@ TRIAL_ID_TAG = "trial_id"
 STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
 FLUSH_TIMEOUT_S = 60.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MAX_BATCH = 1000
 
 
@@ -86,6 +88,7 @@ class MlflowRecorder:
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        self._started_ms: dict[str, int] = {}
         self._last_epoch: dict[str, int] = {}
 
     # --- ids kept beside the Tune experiment ---------------------------------
@@ -107,8 +110,10 @@ class MlflowRecorder:
     def ensure_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.target.experiment)
         if experiment is None:
+            # The UI opens a "custom model development" experiment on its training runs.
             self.experiment_id = self.client.create_experiment(
-                self.target.experiment, artifact_location=self.target.artifact_location)
+                self.target.experiment, artifact_location=self.target.artifact_location,
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         elif experiment.lifecycle_stage != "active":
             self.client.restore_experiment(experiment.experiment_id)
             self.experiment_id = experiment.experiment_id
@@ -162,8 +167,12 @@ class MlflowRecorder:
 
     # --- children ---------------------------------------------------------------
 
-    def remember_config(self, trial_id: str, config: Mapping[str, Any]) -> None:
+    def remember_config(self, trial_id: str, config: Mapping[str, Any],
+                        started_ms: int | None = None) -> None:
+        """What a child run is created with: the trial's config and when it really started."""
         self._configs[trial_id] = dict(config)
+        if started_ms is not None:
+            self._started_ms[trial_id] = started_ms
 
     def ensure_child(self, trial_id: str) -> str:
         """The child run of `trial_id`: recorded, found under the parent, or created with its params."""
@@ -178,7 +187,7 @@ class MlflowRecorder:
             self.children[trial_id] = runs[0].info.run_id
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=trial_id,
+                self.experiment_id, run_name=trial_id, start_time=self._started_ms.get(trial_id),
                 tags={PARENT_TAG: self.parent_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running",
                       SWEEP_RUN_TAG: self.target.run_name, ROLE_TAG: "trial"})
             self.children[trial_id] = run.info.run_id
@@ -216,13 +225,15 @@ class MlflowRecorder:
             self._last_epoch[trial_id] = max(int(r["epoch"]) for r in fresh)
         return len(fresh)
 
-    def finish_child(self, trial_id: str, status: str, error: str | None = None) -> None:
+    def finish_child(self, trial_id: str, status: str, error: str | None = None,
+                     ended_ms: int | None = None) -> None:
         """Tag the trial's outcome and close its run (FAILED for errored trials)."""
         run_id = self.children.get(trial_id) or self.ensure_child(trial_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
         if error:
             self.client.set_tag(run_id, "error", error[:4000])
-        self.client.set_terminated(run_id, status="FAILED" if status == "errored" else "FINISHED")
+        self.client.set_terminated(run_id, status="FAILED" if status == "errored" else "FINISHED",
+                                   end_time=ended_ms)
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -230,6 +241,10 @@ class MlflowRecorder:
         items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _is_missing(value: Any) -> bool:
@@ -340,7 +355,7 @@ class MlflowCallback(tune.Callback):
         self._writer.submit(what, partial(fn, *args, **kwargs))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._recorder.remember_config(trial.trial_id, trial.config)
+        self._recorder.remember_config(trial.trial_id, trial.config, _now_ms())
         self._submit(f"open the run of trial {trial.trial_id}", self._recorder.ensure_child, trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -355,13 +370,13 @@ class MlflowCallback(tune.Callback):
         epochs = (trial.last_result or {}).get("training_iteration", 0)
         status = "completed" if epochs >= self.max_t else "early_stopped"
         self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
-                     trial.trial_id, status)
+                     trial.trial_id, status, None, _now_ms())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = trial.get_error()
         message = str(error).strip().splitlines()[-1] if error else "trial failed"
         self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
-                     trial.trial_id, "errored", message)
+                     trial.trial_id, "errored", message, _now_ms())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         retries = str(trial.run_metadata.num_failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -65,7 +66,7 @@ def test_sigint_then_resume_completes_the_sweep(base_env, tmp_path):
     for trial_id, epochs in after.items():
         assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
         assert epochs.count(1) == 1, f"trial {trial_id} restarted at epoch 1: {epochs}"
-        assert all(b >= a - 1 for a, b in zip(epochs, epochs[1:])), (trial_id, epochs)
+        assert all(b >= a - 1 for a, b in itertools.pairwise(epochs)), (trial_id, epochs)
 
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])

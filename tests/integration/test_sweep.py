@@ -37,7 +37,7 @@ def smoke(tmp_path_factory, mnist_dir):
 
 
 def test_smoke_exits_0_with_a_summary(smoke):
-    result, storage, _, payload = smoke
+    result, storage, _, _ = smoke
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch norm × skip" in result.stderr and "best trial" in result.stderr
     assert f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db" in result.stderr

@@ -23,7 +23,8 @@ def test_train_prints_epochs_and_test_accuracy_and_one_json_object(base_env):
     payload, stderr = train_json(base_env, "--set", "lr=0.003")
     assert payload["config"]["lr"] == 0.003 and payload["config"]["epochs"] == 2
     metrics = payload["metrics"]
-    assert {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch"} <= set(metrics)
+    expected = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch"}
+    assert expected <= set(metrics)
     assert metrics["epoch"] == 2 and 0.5 < metrics["test_acc"] <= 1
     assert [h["epoch"] for h in payload["history"]] == [1, 2]
     assert "epoch   1/2" in stderr and "test_acc" in stderr

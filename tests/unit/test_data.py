@@ -90,7 +90,7 @@ def test_train_and_val_do_not_overlap(mnist_dir):
 
 
 def test_subset_below_minimum_is_a_user_error(mnist_dir):
-    with pytest.raises(UserError, match="data.subset is 10"):
+    with pytest.raises(UserError, match=r"data\.subset is 10"):
         load_data("mnist", mnist_dir, subset=10)
 
 
@@ -158,7 +158,7 @@ def test_parse_rejects_short_header():
 def test_unreadable_directory_is_reported(mnist_dir, tmp_path):
     data_dir = copy_dataset(mnist_dir, tmp_path / "locked")
     data_dir.chmod(0)
-    code = "from trainables.data import load_data; load_data('mnist', r'%s')" % data_dir
+    code = f"from trainables.data import load_data; load_data('mnist', r'{data_dir}')"
     # Root reads anything; in a user namespace it does not, like any other user.
     command = [sys.executable, "-c", code]
     if os.geteuid() == 0:
