@@ -230,5 +230,5 @@ def test_fashion_mnist_through_the_same_code():
 
 
 def test_unknown_dataset_is_a_user_error():
-    with pytest.raises(UserError, match="data.dataset is 'cifar'"):
+    with pytest.raises(UserError, match=r"data\.dataset is 'cifar'"):
         load_data("cifar")
