@@ -141,6 +141,34 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     sys.exit(outcome.exit_code)
 
 
+@cli.command()
+@click.argument("sweep")
+@click.option("--cron", required=True, help='When to run: 5 cron fields ("0 2 * * *"), or 6 with seconds '
+              'first ("*/30 * * * * *").')
+@click.option("--timezone", "tz", default="UTC", show_default=True, help="Time zone of the cron fields.")
+@click.option("--max-runs", type=click.IntRange(min=1), help="Stop after this many sweeps.")
+@click.option("--catch-up", is_flag=True, help="After downtime, run the latest missed tick (never more).")
+@click.option("--once", is_flag=True, help="Run the latest due tick and exit (for cron or a CronJob); "
+              "a tick that already ran is not run again.")
+@click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--storage", help="Where results go (default: the sweep's `storage`, else SWEEP_STORAGE).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: bool, once: bool,
+             address: str | None, storage: str | None, overrides: tuple[str, ...]) -> None:
+    """Run SWEEP at every cron tick, one Optuna study across ticks, `champion` moved only when beaten."""
+    from search.schedule import ScheduleOptions, parse_cron
+
+    parse_cron(cron, tz)  # a bad expression is a one-line error before anything starts
+    if once and (max_runs or catch_up):
+        raise UserError("--once runs one tick; it takes no --max-runs or --catch-up")
+    config = load_run_config(sweep, flag_overrides(overrides, storage=storage))
+    from search.schedule import run_schedule
+
+    options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
+                              address=address)
+    sys.exit(run_schedule(config, options))
+
+
 @cli.command("sync-mlflow")
 @click.argument("experiment_dir")
 @click.option("--tracking-uri", help="Store to replay into (default: the sweep's, else MLFLOW_TRACKING_URI, "

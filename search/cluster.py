@@ -26,6 +26,8 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
     """
     import ray
 
+    if ray.is_initialized():  # a scheduler's later ticks reuse the connection
+        return describe_cluster(address)
     if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
         log.warning("warning: %s=disabled: anyone who can reach this cluster can run code on it",
                     AUTH_MODE_ENV)
@@ -45,6 +47,12 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
         raise UserError(f"Ray at {address or 'local'} refused the connection: {err}") from None
     except ConnectionError as err:
         raise UserError(f"cannot connect to Ray at {address}: {err}") from None
+    return describe_cluster(address)
+
+
+def describe_cluster(address: str | None) -> str:
+    import ray
+
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return (f"Ray {'at ' + address if address else 'local'}: {len(nodes)} node(s), "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import yaml
 from search.report import TrialSummary, ablation_table, results_payload, top_trials_table
 from search.storage import (
     RESULTS_FILE,
+    RUN_FILE,
     STUDY_FILE,
     SWEEP_FILE,
     ExperimentDir,
@@ -45,6 +46,8 @@ class RunOptions:
     as_json: bool = False
     dashboard_host: str = "127.0.0.1"
     tracking_uri: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # extra parent-run tags (scheduled ticks)
+    reuse_dir: bool = False  # a folder without Tune state may be taken over (a tick restarted early)
 
 
 @dataclass
@@ -92,7 +95,7 @@ def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, 
             raise UserError(f"nothing to resume at {experiment.uri}: it holds no {SWEEP_FILE}")
         return validate_sweep(saved, config.source), experiment
     experiment = ExperimentDir(storage, options.run_name or default_run_name(config.name))
-    if experiment.exists():
+    if experiment.exists() and not options.reuse_dir:
         raise UserError(f"{experiment.uri} exists already: continue it with --resume "
                         f"--name {experiment.run_name}, or pick another --name")
     return config, experiment
@@ -119,6 +122,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> SweepOutcome:
     if not options.resume:
         experiment.write_json(SWEEP_FILE, {**config.model_dump(mode="json"),
                                            "source": str(config.source) if config.source else None})
+        experiment.write_json(RUN_FILE, {"tags": options.tags})
     return _fit_and_report(config, experiment, data, options)
 
 

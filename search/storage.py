@@ -14,6 +14,7 @@ from trainables.errors import UserError
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 SWEEP_FILE = "sweep.json"
+RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 MLFLOW_IDS_FILE = "mlflow_runs.json"
 STUDY_FILE = "optuna.journal"

@@ -19,7 +19,7 @@ from typing import Any
 from search.experiment import TrialsSnapshot
 from search.mlflow_writer import call_with_retry, quiet_mlflow_http_retries
 from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
-from search.storage import RESULTS_FILE, SWEEP_FILE, ExperimentDir
+from search.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir
 from search.tracking import MlflowRecorder, TrackingTarget, sweep_params, sweep_tags
 from spaces import SweepConfig
 from trainables.data import DATASETS, TRAIN_FILES
@@ -38,11 +38,16 @@ class SyncReport:
     registered: str | None = None
 
 
+def run_tags(experiment: ExperimentDir) -> dict[str, str]:
+    """Tags this invocation gave the run (a scheduled tick's `schedule` and `tick`)."""
+    return (experiment.read_json(RUN_FILE) or {}).get("tags", {})
+
+
 def parent_setup(config: SweepConfig, experiment: ExperimentDir, staging: Path
                  ) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
     """Tags, params and artifacts of a sweep's parent run."""
     spec = DATASETS[config.data.dataset]
-    tags = sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]])
+    tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **run_tags(experiment)}
     artifacts = []
     saved = experiment.read_json(SWEEP_FILE)
     if saved is not None:
@@ -67,7 +72,6 @@ def sync_sweep(
     snapshot: TrialsSnapshot,
     *,
     timeout_s: float,
-    on_finalize: Callable[[MlflowRecorder, dict[str, Any]], dict[str, str]] | None = None,
 ) -> SyncReport:
     """Make MLflow hold the parent run, every trial's child run, status and epochs; finalise if done."""
     quiet_mlflow_http_retries()
@@ -97,7 +101,7 @@ def sync_sweep(
         retry("mark the parent run", recorder.set_parent_status, "KILLED")
         return report
     report.registered = retry("finalise the parent run", finalize_parent, recorder, config,
-                              snapshot.trials, results, on_finalize)
+                              snapshot.trials, results, run_tags(experiment))
     return report
 
 
@@ -112,10 +116,11 @@ def _trial_times(trial: TrialSummary) -> tuple[int | None, int | None]:
 
 
 def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Sequence[TrialSummary],
-                    results: dict[str, Any],
-                    on_finalize: Callable[[MlflowRecorder, dict[str, Any]], dict[str, str]] | None = None,
-                    ) -> str | None:
-    """Best metrics, summary artifacts and the registered best model, once per parent run."""
+                    results: dict[str, Any], tags: dict[str, str]) -> str | None:
+    """Best metrics, summary artifacts and the registered best model, once per parent run.
+
+    A scheduled tick (tag `schedule`) also lets its model challenge the `champion`.
+    """
     client, parent = recorder.client, recorder.parent_id
     existing = client.get_run(parent).data.tags
     if existing.get(FINALIZED_TAG) == "true":
@@ -133,16 +138,18 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
         if write_plots(trials, config, plots):
             client.log_artifacts(parent, str(plots), "plots")
     version = existing.get(VERSION_TAG)
-    extra_tags: dict[str, str] = {}
+    model_name = config.mlflow.registered_model or config.name
     if best and best.get("checkpoint") and version is None:
-        registered = _register_best(recorder, config, best)
-        version = registered.version
-        client.set_tag(parent, "registered_model", registered.name)
+        version = _register_best(recorder, config, best).version
+        client.set_tag(parent, "registered_model", model_name)
         client.set_tag(parent, VERSION_TAG, version)
-    if on_finalize is not None:
-        extra_tags = on_finalize(recorder, results | {"registered_version": version})
-    for key, value in extra_tags.items():
-        client.set_tag(parent, key, value)
+    if version is not None and tags.get("schedule"):
+        from search.champion import decide_champion
+
+        decision = decide_champion(client, model_name, version, config.metric, config.mode)
+        client.set_tag(parent, "champion_moved", str(decision.moved).lower())
+        client.set_tag(parent, "champion_version", decision.champion_version)
+        client.set_tag(parent, "champion_decision", decision.reason)
     if best:
         client.set_tag(parent, "best_trial_id", best["trial_id"])
     client.set_tag(parent, FINALIZED_TAG, "true")

@@ -362,7 +362,7 @@ class MlflowCallback(tune.Callback):
         if "epoch" not in result:
             return
         row = {k: result[k] for k in (*TRACKED_METRICS, "timestamp") if k in result}
-        tags = {"node_id": result["node_id"]} if result.get("node_id") else {}
+        tags = {key: str(result[key]) for key in ("node_id", "device") if result.get(key)}
         self._submit(f"log epoch {result['epoch']} of trial {trial.trial_id}",
                      self._recorder.log_epochs, trial.trial_id, [row], tags)
 

@@ -40,6 +40,7 @@ def train_trial(config: dict[str, Any], data: Data) -> None:
         if run.finished:
             metrics.update(run.test())
         metrics["node_id"] = node_id
+        metrics["device"] = device.type
         with tempfile.TemporaryDirectory() as directory:
             torch.save(run.state_dict(), Path(directory) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

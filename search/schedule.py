@@ -1,0 +1,273 @@
+"""`tune schedule`: recurring sweeps that keep one Optuna study and a champion model.
+
+A foreground process (for systemd, supervisor or a Kubernetes Deployment) runs the
+sweep at each cron tick. Ticks never overlap: one that comes due while a sweep runs is
+skipped and logged. One scheduler per schedule: a file lock (released by the OS when the
+holder dies) refuses a second. After downtime, `--catch-up` runs only the latest missed
+tick. SIGTERM stops like Ctrl-C: the sweep is saved and the next start resumes that tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from search.runner import EXIT_INTERRUPTED, RunOptions, run_sweep
+from search.storage import is_uri, resolve_storage
+from spaces import SweepConfig
+from trainables.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+LOCK_FILE = "scheduler.lock"
+STUDY_JOURNAL = "study.journal"
+TICK_FORMAT = "%Y%m%dT%H%M%SZ"
+_EPSILON = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    cron: str
+    timezone: str = "UTC"
+    max_runs: int | None = None
+    catch_up: bool = False
+    once: bool = False
+    address: str | None = None
+
+
+def parse_cron(expression: str, tz: str) -> tuple[str, bool, ZoneInfo]:
+    """Validate a 5-field cron expression, or 6 fields with seconds first; and the time zone."""
+    from croniter import croniter
+
+    fields = expression.split()
+    with_seconds = len(fields) == 6
+    if len(fields) not in (5, 6) or not croniter.is_valid(expression, second_at_beginning=with_seconds):
+        raise UserError(f"--cron '{expression}': not a cron expression (5 fields, or 6 with seconds first)")
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserError(f"--timezone '{tz}': unknown time zone (e.g. UTC, Europe/Berlin)") from None
+    return expression, with_seconds, zone
+
+
+class Schedule:
+    """The cron ticks of one schedule and the state kept between them."""
+
+    def __init__(self, config: SweepConfig, options: ScheduleOptions) -> None:
+        self.expression, self._seconds, self.zone = parse_cron(options.cron, options.timezone)
+        self.config = config
+        self.options = options
+        storage = resolve_storage(config.storage)
+        # Lock and state need a local file system, even when results go to a cloud URI.
+        root = Path("runs").resolve() if is_uri(storage) else Path(storage)
+        self.folder = root / f"{config.name}.schedule"
+
+    # --- time -------------------------------------------------------------------
+
+    def _cron(self, start: datetime) -> Any:
+        from croniter import croniter
+
+        return croniter(self.expression, start.astimezone(self.zone), second_at_beginning=self._seconds)
+
+    def next_tick(self, after: datetime) -> datetime:
+        return self._cron(after).get_next(datetime).astimezone(timezone.utc)
+
+    def previous_tick(self, at: datetime) -> datetime:
+        """The latest tick at or before `at`."""
+        return self._cron(at + _EPSILON).get_prev(datetime).astimezone(timezone.utc)
+
+    def ticks_between(self, after: datetime, until: datetime) -> list[datetime]:
+        ticks, cron = [], self._cron(after)
+        while (tick := cron.get_next(datetime).astimezone(timezone.utc)) <= until:
+            ticks.append(tick)
+            if len(ticks) > 10_000:
+                break
+        return ticks
+
+    # --- state --------------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any]:
+        import json
+
+        path = self.folder / STATE_FILE
+        return json.loads(path.read_text()) if path.exists() else {"ticks": {}}
+
+    def write_tick(self, tick: datetime, **fields: Any) -> None:
+        import json
+
+        state = self.read_state()
+        key = tick.strftime(TICK_FORMAT)
+        state["ticks"][key] = {**state["ticks"].get(key, {}), **fields}
+        tmp = self.folder / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.folder / STATE_FILE)
+
+    def unfinished_tick(self) -> datetime | None:
+        """A tick whose sweep was started and not finished (stopped, or the scheduler crashed)."""
+        for key, tick in sorted(self.read_state()["ticks"].items()):
+            if tick.get("status") in ("running", "interrupted"):
+                return _parse_tick(key)
+        return None
+
+    def last_tick(self) -> datetime | None:
+        ticks = self.read_state()["ticks"]
+        return _parse_tick(max(ticks)) if ticks else None
+
+    def status_of(self, tick: datetime) -> str | None:
+        return self.read_state()["ticks"].get(tick.strftime(TICK_FORMAT), {}).get("status")
+
+    def run_name(self, tick: datetime) -> str:
+        return f"{self.config.name}-{tick.strftime(TICK_FORMAT)}"
+
+
+def _parse_tick(key: str) -> datetime:
+    return datetime.strptime(key, TICK_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SingleScheduler:
+    """Holds the schedule's lock for as long as this process lives."""
+
+    def __init__(self, folder: Path) -> None:
+        from filelock import FileLock, Timeout
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(folder / LOCK_FILE))
+        self._owner = folder / "scheduler.pid"
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            holder = self._owner.read_text().strip() if self._owner.exists() else "unknown"
+            raise UserError(f"another scheduler is running this schedule (pid {holder}, lock "
+                            f"{folder / LOCK_FILE}); stop it first") from None
+        self._owner.write_text(str(os.getpid()))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def run_schedule(config: SweepConfig, options: ScheduleOptions) -> int:
+    """The scheduler's main loop; returns the exit code."""
+    schedule = Schedule(config, options)
+    holder = SingleScheduler(schedule.folder)
+    # SIGTERM (systemd, Kubernetes) behaves like Ctrl-C: Tune saves the sweep and stops.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        return _loop(schedule, options)
+    except KeyboardInterrupt:
+        log.warning("schedule %s: stopped", config.name)
+        return EXIT_INTERRUPTED
+    finally:
+        holder.release()
+
+
+def _loop(schedule: Schedule, options: ScheduleOptions) -> int:
+    runs = 0
+    unfinished = schedule.unfinished_tick()
+    if unfinished is not None:
+        log.info("schedule %s: resuming the unfinished tick %s", schedule.config.name, unfinished.isoformat())
+        code = run_tick(schedule, unfinished, options)
+        if code == EXIT_INTERRUPTED or options.once:
+            return code
+        runs += 1
+    elif options.once:
+        return _run_once(schedule, options)
+    else:
+        _handle_missed(schedule, options)
+    while options.max_runs is None or runs < options.max_runs:
+        tick = schedule.next_tick(_now())
+        log.info("schedule %s: next tick at %s", schedule.config.name, tick.isoformat())
+        _sleep_until(tick)
+        code = run_tick(schedule, tick, options)
+        runs += 1
+        if code == EXIT_INTERRUPTED:
+            return code
+        _log_overlapped(schedule, tick)
+    log.info("schedule %s: %d run(s) done", schedule.config.name, runs)
+    return 0
+
+
+def _run_once(schedule: Schedule, options: ScheduleOptions) -> int:
+    tick = schedule.previous_tick(_now())
+    if schedule.status_of(tick) == "finished":
+        log.info("schedule %s: tick %s already ran (%s); nothing to do", schedule.config.name,
+                 tick.isoformat(), schedule.run_name(tick))
+        return 0
+    return run_tick(schedule, tick, options)
+
+
+def _handle_missed(schedule: Schedule, options: ScheduleOptions) -> None:
+    last = schedule.last_tick()
+    if last is None:
+        return
+    missed = schedule.ticks_between(last, _now())
+    if not missed:
+        return
+    if options.catch_up:
+        log.info("schedule %s: %d tick(s) missed since %s; catching up the latest only (%s)",
+                 schedule.config.name, len(missed), last.isoformat(), missed[-1].isoformat())
+        run_tick(schedule, missed[-1], options)
+        for tick in missed[:-1]:
+            schedule.write_tick(tick, status="skipped", reason="missed while down; caught up a later tick")
+    else:
+        log.info("schedule %s: skipped %d tick(s) missed while down (%s … %s); --catch-up runs the latest",
+                 schedule.config.name, len(missed), missed[0].isoformat(), missed[-1].isoformat())
+        for tick in missed:
+            schedule.write_tick(tick, status="skipped", reason="missed while down")
+
+
+def _log_overlapped(schedule: Schedule, tick: datetime) -> None:
+    for skipped in schedule.ticks_between(tick, _now()):
+        log.info("schedule %s: skipped tick %s: the sweep of tick %s was still running",
+                 schedule.config.name, skipped.isoformat(), tick.isoformat())
+        schedule.write_tick(skipped, status="skipped", reason=f"overlapped tick {tick.isoformat()}")
+
+
+def _sleep_until(moment: datetime) -> None:
+    while (left := (moment - _now()).total_seconds()) > 0:
+        time.sleep(min(left, 30.0))
+
+
+def tick_config(schedule: Schedule) -> SweepConfig:
+    """The sweep for a tick: its study is the schedule's persistent one."""
+    config = schedule.config
+    search = config.search.model_copy(update={
+        "storage": config.search.storage or str(schedule.folder / STUDY_JOURNAL),
+        "study_name": config.search.study_name or config.name,
+    })
+    return config.model_copy(update={"search": search})
+
+
+def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> int:
+    """Run (or resume) the sweep of one tick and record how it ended."""
+    from ray import tune
+
+    from search.storage import ExperimentDir
+
+    config = tick_config(schedule)
+    run_name = schedule.run_name(tick)
+    experiment = ExperimentDir(resolve_storage(config.storage), run_name)
+    resume = experiment.exists() and tune.Tuner.can_restore(experiment.uri)
+    log.info("schedule %s: %s tick %s as %s", config.name, "resuming" if resume else "running",
+             tick.isoformat(), run_name)
+    schedule.write_tick(tick, status="running", run_name=run_name, started=_now().isoformat())
+    outcome = run_sweep(config, RunOptions(
+        address=options.address, run_name=run_name, resume=resume, reuse_dir=True,
+        tags={"schedule": config.name, "tick": tick.isoformat()}))
+    status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
+    best = (outcome.payload.get("best") or {}) if outcome.payload else {}
+    schedule.write_tick(tick, status=status, exit_code=outcome.exit_code, finished=_now().isoformat(),
+                        best_trial=best.get("trial_id"), score=best.get("score"),
+                        test_acc=best.get("test_acc"))
+    return outcome.exit_code
