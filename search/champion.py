@@ -33,12 +33,12 @@ def decide_champion(client, model_name: str, version: str, metric: str, mode: st
         incumbent = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
     except MlflowException:
         incumbent = None
-    if incumbent is not None and incumbent.version == candidate.version:
-        return Decision(False, incumbent.version, f"version {version} is already the champion")
+    if incumbent is not None and str(incumbent.version) == str(candidate.version):
+        return Decision(False, str(incumbent.version), f"version {version} is already the champion")
     if incumbent is not None:
         best = float(incumbent.tags[metric])
         if not is_better(score, best, mode):
-            return Decision(False, incumbent.version,
+            return Decision(False, str(incumbent.version),
                             f"kept version {incumbent.version}: its {metric} {best:.6g} is not beaten by "
                             f"version {version}'s {score:.6g} (test_acc {candidate.tags.get('test_acc')})")
         reason = (f"version {version} ({metric} {score:.6g}, test_acc {candidate.tags.get('test_acc')}) "
@@ -46,4 +46,4 @@ def decide_champion(client, model_name: str, version: str, metric: str, mode: st
     else:
         reason = f"version {version} is the first champion ({metric} {score:.6g})"
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
-    return Decision(True, version, reason)
+    return Decision(True, str(version), reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 
@@ -47,7 +48,17 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
         raise UserError(f"Ray at {address or 'local'} refused the connection: {err}") from None
     except ConnectionError as err:
         raise UserError(f"cannot connect to Ray at {address}: {err}") from None
+    stop_gracefully_on_sigterm()  # ray.init put a handler in place that aborts the driver
     return describe_cluster(address)
+
+
+def stop_gracefully_on_sigterm() -> None:
+    """SIGTERM (systemd, Kubernetes, `kill`) stops like Ctrl-C: Tune saves the sweep and stops."""
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
+def _sigterm_as_sigint(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def describe_cluster(address: str | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -160,9 +159,10 @@ class SingleScheduler:
 def run_schedule(config: SweepConfig, options: ScheduleOptions) -> int:
     """The scheduler's main loop; returns the exit code."""
     schedule = Schedule(config, options)
+    from search.cluster import stop_gracefully_on_sigterm
+
     holder = SingleScheduler(schedule.folder)
-    # SIGTERM (systemd, Kubernetes) behaves like Ctrl-C: Tune saves the sweep and stops.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    stop_gracefully_on_sigterm()
     try:
         return _loop(schedule, options)
     except KeyboardInterrupt:
@@ -240,11 +240,14 @@ def _sleep_until(moment: datetime) -> None:
 
 
 def tick_config(schedule: Schedule) -> SweepConfig:
-    """The sweep for a tick: its study is the schedule's persistent one."""
+    """The sweep for a tick: the schedule's persistent study, and a sampler seed of its own
+    (the same seed every tick would replay the same random start-up proposals)."""
     config = schedule.config
+    finished = sum(t.get("status") == "finished" for t in schedule.read_state()["ticks"].values())
     search = config.search.model_copy(update={
         "storage": config.search.storage or str(schedule.folder / STUDY_JOURNAL),
         "study_name": config.search.study_name or config.name,
+        "seed": config.search.seed + finished,
     })
     return config.model_copy(update={"search": search})
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,13 +46,16 @@ def trial_rows(experiment: Path) -> dict[str, list[dict]]:
 def cluster(tmp_path):
     env = dict(os.environ)
     head = start_ray_node(env, num_cpus=0, extra=NODE_OPTIONS)
-    workers = {}
+    workers, temp_dirs = {}, []
     try:
         wait_for_nodes(head.address, env, 1)
         for _ in range(2):
             port = free_port()
+            # Nodes on one machine need temp dirs of their own: their sockets live there.
+            temp_dir = tempfile.mkdtemp(prefix="ray-worker-", dir="/tmp")
+            temp_dirs.append(temp_dir)
             node = start_ray_node(env, num_cpus=1, head_address=head.address,
-                                  extra=(*NODE_OPTIONS, f"--node-manager-port={port}"))
+                                  extra=(*NODE_OPTIONS, f"--node-manager-port={port}", f"--temp-dir={temp_dir}"))
             workers[port] = node
         wait_for_nodes(head.address, env, 3)
         ids = json.loads(subprocess.run([sys.executable, "-c", NODE_IDS_BY_PORT, head.address], env=env,
@@ -60,6 +65,8 @@ def cluster(tmp_path):
         for node in workers.values():
             stop_process(node.proc)
         stop_process(head.proc)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(cluster, base_env, tmp_path):
