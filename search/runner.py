@@ -107,12 +107,12 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> SweepOutcome:
         print(plan_text(config))
         return SweepOutcome(EXIT_OK, {})
     config, experiment = prepare_run(config, options)
-    if not experiment.is_remote:
-        check_writable(experiment.storage)
     from trainables.data import load_data
 
     data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
                      split_seed=config.data.split_seed)
+    if not experiment.is_remote:
+        check_writable(experiment.storage)
     from search import cluster
 
     print(cluster.connect(options.address, options.dashboard_host, quiet=options.as_json), file=sys.stderr)
@@ -138,9 +138,14 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
     from search.experiment import load_trials
     from search.tuner import build_tuner, restore_tuner
 
+    from ray import tune
+
     target = target_for(config, experiment.run_name, local_root(experiment), options.tracking_uri)
     started = time.time()
-    if options.resume:
+    if options.resume and not tune.Tuner.can_restore(experiment.uri):
+        print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
+              "starting it afresh", file=sys.stderr)
+    if options.resume and tune.Tuner.can_restore(experiment.uri):
         print(f"resuming {experiment.uri}", file=sys.stderr)
         tuner = restore_tuner(config, data, experiment.uri)
     else:

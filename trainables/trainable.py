@@ -8,6 +8,7 @@ epoch with the results an uninterrupted run would have had.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ STATE_FILE = "state.pt"
 
 def train_trial(config: dict[str, Any], data: Data) -> None:
     """Train one configuration, reporting metrics and a checkpoint after every epoch."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     params = TrainParams.from_config(config)
     device = _trial_device()
     torch.set_num_threads(_trial_threads())
