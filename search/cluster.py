@@ -33,23 +33,26 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
         log.warning("warning: %s=disabled: anyone who can reach this cluster can run code on it",
                     AUTH_MODE_ENV)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if dashboard_host != LOCAL_HOST:
-        log.warning("warning: the Ray dashboard listens on %s, reachable from other machines",
-                    dashboard_host)
     kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     try:
         if address:
             check_reachable(address)
-            ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **kwargs)
         else:  # "local": a new Ray of our own, never whatever `ray start` left on this machine
-            ray.init(address="local", _node_ip_address=LOCAL_HOST, dashboard_host=dashboard_host,
-                     **kwargs)
+            if dashboard_host != LOCAL_HOST:
+                log.warning("warning: the Ray dashboard will listen on %s, reachable from other machines",
+                            dashboard_host)
+            context = ray.init(address="local", _node_ip_address=LOCAL_HOST, dashboard_host=dashboard_host,
+                               **kwargs)
     except ray.exceptions.AuthenticationError as err:
         raise UserError(f"Ray at {address or 'local'} refused the connection: {err}") from None
     except ConnectionError as err:
-        raise UserError(f"cannot connect to Ray at {address}: {err}") from None
+        raise UserError(f"Ray at {address} refused the connection ({err}); the address answers, so check "
+                        "the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) and that it runs Ray "
+                        f"{ray.__version__}") from None
     stop_gracefully_on_sigterm()  # ray.init put a handler in place that aborts the driver
-    return describe_cluster(address)
+    dashboard = getattr(context, "dashboard_url", None)
+    return describe_cluster(address) + (f"; dashboard http://{dashboard}" if dashboard else "")
 
 
 def stop_gracefully_on_sigterm() -> None:

@@ -57,15 +57,19 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return  # Optuna cannot rank a NaN; the trial will be told FAIL at the end
-        super().on_trial_result(trial_id, result)
+        # Report per epoch (Tune's report counter restarts when a trial resumes from a
+        # checkpoint Tune did not know about).
+        step = result.get("epoch", result.get(TRAINING_ITERATION))
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self.metric)
+        result = result or {}
+        value = result.get(self.metric)
         finite = value is not None and math.isfinite(value)
-        reached_max_t = (result or {}).get(TRAINING_ITERATION, 0) >= self._max_t
+        reached_max_t = result.get("epoch", result.get(TRAINING_ITERATION, 0)) >= self._max_t
         if error or not finite:
             state, value = TrialState.FAIL, None
         elif reached_max_t:

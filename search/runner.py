@@ -134,11 +134,11 @@ def _env_address() -> str | None:
 
 def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                     options: RunOptions) -> SweepOutcome:
+    from ray import tune
+
     from search import cluster
     from search.experiment import load_trials
     from search.tuner import build_tuner, restore_tuner
-
-    from ray import tune
 
     target = target_for(config, experiment.run_name, local_root(experiment), options.tracking_uri)
     started = time.time()
@@ -197,8 +197,8 @@ def local_root(experiment: ExperimentDir) -> Path:
 def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: Any) -> Any:
     import tempfile
 
+    from search.callback import MlflowCallback
     from search.sync import parent_setup
-    from search.tracking import MlflowCallback
 
     staging = Path(tempfile.mkdtemp(prefix="sweep-parent-"))
     tags, params, artifacts = parent_setup(config, experiment, staging)

@@ -16,13 +16,9 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
-from search.mlflow_writer import BufferedWriter, quiet_mlflow_http_retries
 from search.storage import MLFLOW_IDS_FILE, ExperimentDir
 from spaces import SweepConfig, is_distribution
 
@@ -35,7 +31,6 @@ ROLE_TAG = "role"
 TRIAL_ID_TAG = "trial_id"
 STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
-FLUSH_TIMEOUT_S = 60.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MAX_BATCH = 1000
 
@@ -243,7 +238,7 @@ class MlflowRecorder:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -313,83 +308,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-# --- the Tune callback ----------------------------------------------------------
-
-
-class MlflowCallback(tune.Callback):
-    """Turns Tune's trial events into queued MLflow writes, delivered by a background thread.
-
-    It is pickled into the Tuner's state, so `Tuner.restore` brings it back; only
-    settings are pickled, and `setup` reattaches to the recorded runs.
-    """
-
-    def __init__(self, target: TrackingTarget, experiment_dir: ExperimentDir, max_t: int,
-                 parent_tags: Mapping[str, str], parent_params: Mapping[str, Any],
-                 parent_artifacts: Iterable[tuple[str, str]] = ()) -> None:
-        self.target = target
-        self.experiment_dir = experiment_dir
-        self.max_t = max_t
-        self.parent_tags = dict(parent_tags)
-        self.parent_params = dict(parent_params)
-        self.parent_artifacts = list(parent_artifacts)
-        self._writer: BufferedWriter | None = None
-        self._recorder: MlflowRecorder | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_writer", "_recorder")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._writer = self._recorder = None
-
-    def setup(self, **info: Any) -> None:
-        quiet_mlflow_http_retries()
-        self._writer = BufferedWriter()
-        self._recorder = MlflowRecorder(self.target, self.experiment_dir)
-        self._submit("open the sweep's parent run", self._recorder.attach_parent,
-                     self.parent_tags, self.parent_params, self.parent_artifacts)
-
-    def _submit(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self._writer.submit(what, partial(fn, *args, **kwargs))
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._recorder.remember_config(trial.trial_id, trial.config, _now_ms())
-        self._submit(f"open the run of trial {trial.trial_id}", self._recorder.ensure_child, trial.trial_id)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" not in result:
-            return
-        row = {k: result[k] for k in (*TRACKED_METRICS, "timestamp") if k in result}
-        tags = {key: str(result[key]) for key in ("node_id", "device") if result.get(key)}
-        self._submit(f"log epoch {result['epoch']} of trial {trial.trial_id}",
-                     self._recorder.log_epochs, trial.trial_id, [row], tags)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = (trial.last_result or {}).get("training_iteration", 0)
-        status = "completed" if epochs >= self.max_t else "early_stopped"
-        self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
-                     trial.trial_id, status, None, _now_ms())
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        message = str(error).strip().splitlines()[-1] if error else "trial failed"
-        self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
-                     trial.trial_id, "errored", message, _now_ms())
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        retries = str(trial.run_metadata.num_failures)
-        self._submit(f"note a retry of trial {trial.trial_id}",
-                     lambda: self._recorder.client.set_tag(self._recorder.ensure_child(trial.trial_id),
-                                                           "retries", retries))
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self._writer is None:
-            return
-        pending = self._writer.pending
-        if not self._writer.close(FLUSH_TIMEOUT_S):
-            log.warning(
-                "mlflow: %s of the sweep's writes did not reach %s; the results are safe in %s and "
-                "`tune sync-mlflow %s` replays them", pending or self._writer.dropped,
-                self.target.tracking_uri, self.experiment_dir.uri, self.experiment_dir.uri)

@@ -76,22 +76,25 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None) -> S
 
 
 def build_scheduler(config: SweepConfig) -> TrialScheduler:
-    """ASHA on epochs (`training_iteration`), or FIFO when early stopping is off."""
+    """ASHA on epochs, or FIFO when early stopping is off."""
     scheduler = config.scheduler
     if scheduler.type == "fifo":
         return FIFOScheduler()
+    # ASHA counts epochs, not Tune's report counter: a trial restored from a checkpoint Tune
+    # did not know about reports its true epoch.
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr="epoch",
         max_t=scheduler.max_t,
         grace_period=scheduler.grace_period,
         reduction_factor=scheduler.reduction_factor,
     )
 
 
-def build_trainable(config: SweepConfig, data: Data) -> Any:
+def build_trainable(config: SweepConfig, data: Data, experiment_uri: str) -> Any:
     """The function trainable with the data in the object store and the trial's resources."""
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri)
+    return tune.with_resources(trainable, resources)
 
 
 def build_tuner(
@@ -108,7 +111,7 @@ def build_tuner(
     """A fresh Tuner for `config`, writing to `<storage>/<run_name>`."""
     search = config.search
     return tune.Tuner(
-        build_trainable(config, data),
+        build_trainable(config, data, f"{storage}/{run_name}"),
         param_space=build_param_space(config),
         tune_config=tune.TuneConfig(
             metric=config.metric,
@@ -135,7 +138,7 @@ def restore_tuner(config: SweepConfig, data: Data, experiment_uri: str) -> tune.
     """The Tuner of an interrupted sweep: unfinished and errored trials continue from checkpoints."""
     return tune.Tuner.restore(
         experiment_uri,
-        build_trainable(config, data),
+        build_trainable(config, data, experiment_uri),
         resume_unfinished=True,
         resume_errored=True,
         param_space=build_param_space(config),

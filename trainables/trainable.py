@@ -8,6 +8,7 @@ epoch with the results an uninterrupted run would have had.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -22,19 +23,24 @@ from trainables.data import Data
 from trainables.train import TrainingRun, TrainParams, build_model
 
 STATE_FILE = "state.pt"
+META_FILE = "meta.json"
 
 
-def train_trial(config: dict[str, Any], data: Data) -> None:
-    """Train one configuration, reporting metrics and a checkpoint after every epoch."""
+def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None = None) -> None:
+    """Train one configuration, reporting metrics and a checkpoint after every epoch.
+
+    A restored trial continues from the checkpoint Tune hands over. When Tune has none
+    although the trial wrote some (the driver died between a checkpoint and its next
+    snapshot of the experiment state), the latest one in `experiment_uri` is used, so a
+    trial that had a checkpoint never starts over.
+    """
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     params = TrainParams.from_config(config)
     device = _trial_device()
     torch.set_num_threads(_trial_threads())
     run = TrainingRun(params, data, device)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+    state = _restored_state(device, experiment_uri)
+    if state is not None:
         run.load_state_dict(state)
     node_id = ray.get_runtime_context().get_node_id()
     while not run.finished:
@@ -45,7 +51,40 @@ def train_trial(config: dict[str, Any], data: Data) -> None:
         metrics["device"] = device.type
         with tempfile.TemporaryDirectory() as directory:
             torch.save(run.state_dict(), Path(directory) / STATE_FILE)
+            (Path(directory) / META_FILE).write_text(json.dumps({"epoch": run.epoch}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _restored_state(device: torch.device, experiment_uri: str | None) -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and experiment_uri:
+        checkpoint = latest_trial_checkpoint(experiment_uri, tune.get_context().get_trial_id())
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+
+
+def latest_trial_checkpoint(experiment_uri: str, trial_id: str) -> tune.Checkpoint | None:
+    """The checkpoint with the highest epoch among those a trial wrote under `experiment_uri`."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_uri)
+    trial_dirs = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+                  if info.type == pyarrow.fs.FileType.Directory and f"_{trial_id}_" in info.base_name]
+    best: tuple[int, str] | None = None
+    for trial_dir in trial_dirs:
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir)):
+            if not info.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
+                    epoch = int(json.loads(f.read())["epoch"])
+            except (FileNotFoundError, ValueError, KeyError):
+                continue  # an incomplete checkpoint
+            if best is None or epoch > best[0]:
+                best = (epoch, info.path)
+    return tune.Checkpoint(best[1], filesystem=fs) if best else None
 
 
 def load_checkpoint_model(checkpoint_dir: str | os.PathLike, config: dict[str, Any]) -> torch.nn.Module:

@@ -6,6 +6,7 @@ and stopped by pid afterwards even when the test fails.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -98,7 +99,7 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
     for trial_id, trial in rows.items():
         epochs = [row["epoch"] for row in trial]
         assert epochs[-1] == EPOCHS and sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
-        for before, after in zip(epochs, epochs[1:], strict=False):
+        for before, after in itertools.pairwise(epochs):
             assert after >= before, f"{trial_id} went back more than one epoch: {epochs}"
         nodes = [row["node_id"] for row in trial]
         if victim in nodes and nodes[-1] != victim:

@@ -1,0 +1,80 @@
+"""Reliability 3: `tune run` SIGKILLed at random points three times, `--resume` after each.
+
+The sweep still ends with exactly `num_samples` trials, MLflow holds exactly one parent and
+one child per trial with every epoch once, and no trial that had a checkpoint starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli, start_cli, stop_process
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 8
+EPOCHS = 6
+KILLS = 3
+
+
+def trial_epochs(experiment: Path) -> dict[str, list[int]]:
+    epochs = {}
+    for result in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            epochs[rows[0]["trial_id"]] = [int(row["epoch"]) for row in rows]
+    return epochs
+
+
+def test_driver_killed_three_times_then_resumed(ray_head, base_env, tmp_path):
+    storage, name = tmp_path / "runs", "crashy"
+    experiment = storage / name
+    common = ["run", "smoke", "--address", ray_head.address, "--name", name, "--storage", str(storage)]
+    first = [*common, "--set", "scheduler.type=fifo", "--set", f"epochs={EPOCHS}"]
+    rng = random.Random(20261128)
+    delays = []
+    for attempt in range(KILLS):
+        args = first if attempt == 0 else [*common, "--resume"]
+        driver = start_cli(args, base_env, tmp_path / f"attempt{attempt}.log")
+        try:
+            # A random point after the run folder exists: mid-setup, mid-trials or mid-finalisation.
+            while not (experiment / "sweep.json").exists():
+                assert driver.poll() is None, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:]
+                time.sleep(0.1)
+            delay = rng.uniform(2.0, 9.0)
+            delays.append(round(delay, 2))
+            time.sleep(delay)
+            assert driver.poll() is None, f"the sweep ended before kill {attempt + 1} (delays {delays})"
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        finally:
+            stop_process(driver)
+    final = run_cli([*common, "--resume"], base_env)
+    assert final.returncode == 0, f"delays {delays}: {final.stderr[-3000:]}"
+
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["status"] == "finished" and results["num_trials"] == TRIALS
+    epochs = trial_epochs(experiment)
+    assert len(epochs) == TRIALS
+    for trial_id, seen in epochs.items():
+        assert sorted(set(seen)) == list(range(1, EPOCHS + 1)), (trial_id, seen, delays)
+        assert seen.count(1) == 1, f"{trial_id} started over although it had a checkpoint: {seen}"
+
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(parents) == 1 and len(runs) == 1 + TRIALS
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(epochs)
+    for child in children:
+        for key in ("val_loss", "train_acc", "epoch"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], key, steps)
