@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from search.report import TrialSummary, history_from_rows, rank_trials, summarize_trial
 from spaces import SweepConfig
@@ -16,18 +17,29 @@ class TrialsSnapshot:
     unfinished: int
 
 
-def load_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
-    """Every trial Tune recorded in `experiment_uri`, summarised, best first."""
+def load_trials(experiment_uri: str, config: SweepConfig, analysis: Any = None) -> TrialsSnapshot:
+    """Every trial of a sweep run, summarised, best first.
+
+    `analysis` is the in-memory view `Tuner.fit` ends with; without it the run is read
+    back from storage. Prefer the former: Ray 2.60 does not re-save a trial's state when
+    it errors for good, so storage can still call such a trial RUNNING.
+    """
     from ray.tune import ExperimentAnalysis
     from ray.tune.experiment import Trial
 
-    analysis = ExperimentAnalysis(experiment_uri, default_metric=config.metric,
-                                  default_mode=config.mode)
+    from trainables.trainable import checkpoint_history
+
+    if analysis is None:
+        analysis = ExperimentAnalysis(experiment_uri, default_metric=config.metric, default_mode=config.mode)
     frames = analysis.trial_dataframes
     summaries = []
     for trial in analysis.trials:
         frame = frames.get(trial.trial_id)
         rows = frame.to_dict("records") if frame is not None else []
+        if trial.checkpoint is not None:
+            # Epochs whose report Tune lost (the process died right after it) are in the
+            # checkpoint's own history; Tune's rows go last, so they win where both exist.
+            rows = checkpoint_history(trial.checkpoint) + rows
         errored = trial.status == Trial.ERROR
         error = trial.get_error() if errored else None
         last = trial.last_result or {}

@@ -155,8 +155,9 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                             max_concurrent_trials=slots, verbose=0 if options.as_json else 1,
                             callbacks=[_tracking_callback(config, experiment, target)],
                             study_storage=None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}")
-    tuner.fit()
-    snapshot = load_trials(experiment.uri, config)
+    grid = tuner.fit()
+    # The in-memory trials: Tune's saved state can lag behind them (see load_trials).
+    snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
                                                             time.time() - started)
     best = None if interrupted else _best_with_test(snapshot.trials, config, data)

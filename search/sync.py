@@ -84,6 +84,8 @@ def sync_sweep(
     with tempfile.TemporaryDirectory() as staging:
         tags, params, artifacts = parent_setup(config, experiment, Path(staging))
         retry("open the parent run", recorder.attach_parent, tags, params, artifacts)
+    results = experiment.read_json(RESULTS_FILE)
+    finished = results is not None and results.get("status") == "finished"
     added = 0
     for trial in snapshot.trials:
         started_ms, ended_ms = _trial_times(trial)
@@ -92,12 +94,14 @@ def sync_sweep(
         extra = {"node_id": trial.node_id} if trial.node_id else None
         added += retry(f"log epochs of {trial.trial_id}", recorder.log_epochs, trial.trial_id,
                        trial.history, extra)
-        if trial.status != "unfinished":
+        # In a finished sweep no trial is unfinished; Tune's saved state can still say so of a
+        # trial that errored for good (it does not re-save it), so it is closed as errored.
+        status = "errored" if finished and trial.status == "unfinished" else trial.status
+        if status != "unfinished":
             retry(f"close the run of {trial.trial_id}", recorder.finish_child, trial.trial_id,
-                  trial.status, trial.error, ended_ms)
+                  status, trial.error, ended_ms)
     report = SyncReport(recorder.parent_id, len(snapshot.trials), added)
-    results = experiment.read_json(RESULTS_FILE)
-    if results is None or results.get("status") != "finished":
+    if not finished:
         retry("mark the parent run", recorder.set_parent_status, "KILLED")
         return report
     report.registered = retry("finalise the parent run", finalize_parent, recorder, config,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,37 +33,55 @@ def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None =
     A restored trial continues from the checkpoint Tune hands over. When Tune has none
     although the trial wrote some (the driver died between a checkpoint and its next
     snapshot of the experiment state), the latest one in `experiment_uri` is used, so a
-    trial that had a checkpoint never starts over.
+    trial that had a checkpoint never starts over. Every checkpoint's `meta.json` holds
+    the trial's whole per-epoch history: an epoch whose report Tune never processed
+    (the process died right after it) is still on record.
     """
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     params = TrainParams.from_config(config)
     device = _trial_device()
     torch.set_num_threads(_trial_threads())
     run = TrainingRun(params, data, device)
-    state = _restored_state(device, experiment_uri)
-    if state is not None:
+    history: list[dict[str, float]] = []
+    restored = _restored_checkpoint(device, experiment_uri)
+    if restored is not None:
+        state, history = restored
         run.load_state_dict(state)
     node_id = ray.get_runtime_context().get_node_id()
     while not run.finished:
         metrics = run.run_epoch()
         if run.finished:
             metrics.update(run.test())
-        metrics["node_id"] = node_id
-        metrics["device"] = device.type
+        history.append({**metrics, "timestamp": time.time()})
         with tempfile.TemporaryDirectory() as directory:
             torch.save(run.state_dict(), Path(directory) / STATE_FILE)
-            (Path(directory) / META_FILE).write_text(json.dumps({"epoch": run.epoch}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            (Path(directory) / META_FILE).write_text(json.dumps({"epoch": run.epoch, "history": history}))
+            tune.report({**metrics, "node_id": node_id, "device": device.type},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def _restored_state(device: torch.device, experiment_uri: str | None) -> dict[str, Any] | None:
+def _restored_checkpoint(device: torch.device, experiment_uri: str | None
+                         ) -> tuple[dict[str, Any], list[dict[str, float]]] | None:
+    """The state and history to continue from, if this trial has a checkpoint."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and experiment_uri:
         checkpoint = latest_trial_checkpoint(experiment_uri, tune.get_context().get_trial_id())
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+        state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+        meta = Path(directory) / META_FILE
+        history = json.loads(meta.read_text()).get("history", []) if meta.exists() else []
+    return state, history
+
+
+def checkpoint_history(checkpoint: tune.Checkpoint) -> list[dict[str, float]]:
+    """The per-epoch history stored with a checkpoint (empty if it has none)."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as f:
+            return json.loads(f.read()).get("history", [])
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def latest_trial_checkpoint(experiment_uri: str, trial_id: str) -> tune.Checkpoint | None:

@@ -98,7 +98,7 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
     interrupted = 0
     for trial_id, trial in rows.items():
         epochs = [row["epoch"] for row in trial]
-        assert epochs[-1] == EPOCHS and sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
+        assert epochs[-1] == EPOCHS, (trial_id, epochs)
         for before, after in itertools.pairwise(epochs):
             assert after >= before, f"{trial_id} went back more than one epoch: {epochs}"
         nodes = [row["node_id"] for row in trial]
@@ -108,3 +108,5 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
     assert interrupted >= 1, "no trial was running on the killed worker"
     results = json.loads((experiment / "results.json").read_text())
     assert results["counts"] == {"completed": TRIALS, "early_stopped": 0, "errored": 0, "unfinished": 0}
+    for trial in results["trials"]:  # every epoch on record, once
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), trial["trial_id"]

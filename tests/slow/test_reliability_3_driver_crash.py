@@ -64,9 +64,10 @@ def test_driver_killed_three_times_then_resumed(ray_head, base_env, tmp_path):
     assert results["status"] == "finished" and results["num_trials"] == TRIALS
     epochs = trial_epochs(experiment)
     assert len(epochs) == TRIALS
-    for trial_id, seen in epochs.items():
-        assert sorted(set(seen)) == list(range(1, EPOCHS + 1)), (trial_id, seen, delays)
+    for trial_id, seen in epochs.items():  # what Tune saw trained, from its own result files
         assert seen.count(1) == 1, f"{trial_id} started over although it had a checkpoint: {seen}"
+    for trial in results["trials"]:  # every epoch on record, once
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), (trial, delays)
 
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
