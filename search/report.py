@@ -139,7 +139,7 @@ def ablation_table(trials: Sequence[TrialSummary]) -> str:
 
 def results_payload(
     config: SweepConfig, run_name: str, trials: Sequence[TrialSummary], best: dict[str, Any] | None,
-    *, status: str, wall_seconds: float, locations: dict[str, Any],
+    *, status: str, wall_seconds: float, extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The machine-readable record of a sweep run, written as results.json."""
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
@@ -156,5 +156,5 @@ def results_payload(
         "trials": [{k: v for k, v in asdict(t).items() if k != "history"} | {"history": t.history}
                    for t in trials],
         "ablation": ablation_rows(trials),
-        **locations,
+        **extra,
     }

@@ -23,7 +23,7 @@ from search.storage import (
     latest_run,
     resolve_storage,
 )
-from search.tracking import target_for, ui_command
+from search.tracking import ensure_sqlite_store, target_for, ui_command
 from spaces import SweepConfig, validate_sweep
 from trainables.errors import UserError
 
@@ -141,6 +141,7 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
     from search.tuner import build_tuner, restore_tuner
 
     target = target_for(config, experiment.run_name, local_root(experiment), options.tracking_uri)
+    ensure_sqlite_store(target.tracking_uri)
     started = time.time()
     if options.resume and not tune.Tuner.can_restore(experiment.uri):
         print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
@@ -155,18 +156,20 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                             max_concurrent_trials=slots, verbose=0 if options.as_json else 1,
                             callbacks=[_tracking_callback(config, experiment, target)],
                             study_storage=None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}")
+    fit_started = time.time()
     grid = tuner.fit()
+    fit_seconds = time.time() - fit_started
     # The in-memory trials: Tune's saved state can lag behind them (see load_trials).
     snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
                                                             time.time() - started)
     best = None if interrupted else _best_with_test(snapshot.trials, config, data)
-    locations = {"storage": experiment.uri,
+    extra = {"fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
                  "mlflow": {"tracking_uri": target.tracking_uri, "experiment": target.experiment,
                             "ui_command": ui_command(target.tracking_uri)}}
     payload = results_payload(config, experiment.run_name, snapshot.trials, best,
                               status="interrupted" if interrupted else "finished",
-                              wall_seconds=time.time() - started, locations=locations)
+                              wall_seconds=time.time() - started, extra=extra)
     experiment.write_json(RESULTS_FILE, payload)
     payload["mlflow"].update(_sync_mlflow(config, experiment, target, snapshot))
     experiment.write_json(RESULTS_FILE, payload)

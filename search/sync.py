@@ -20,7 +20,7 @@ from search.experiment import TrialsSnapshot
 from search.mlflow_writer import call_with_retry, quiet_mlflow_http_retries
 from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
 from search.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir
-from search.tracking import MlflowRecorder, TrackingTarget, sweep_params, sweep_tags
+from search.tracking import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
 from spaces import SweepConfig
 from trainables.data import DATASETS, TRAIN_FILES
 
@@ -75,6 +75,7 @@ def sync_sweep(
 ) -> SyncReport:
     """Make MLflow hold the parent run, every trial's child run, status and epochs; finalise if done."""
     quiet_mlflow_http_retries()
+    ensure_sqlite_store(target.tracking_uri)
     deadline = time.monotonic() + timeout_s
     recorder = MlflowRecorder(target, experiment)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import subprocess
 import time
@@ -61,6 +62,27 @@ def target_for(config: SweepConfig, run_name: str, local_root: Path, tracking_ur
     uri = tracking_uri or default_tracking_uri(config, local_root)
     artifacts = (local_root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
     return TrackingTarget(uri, config.mlflow.experiment or config.name, run_name, artifacts)
+
+
+def ensure_sqlite_store(tracking_uri: str) -> None:
+    """Create a new SQLite store atomically: a fully migrated database, or none at all.
+
+    MLflow creates the file and then migrates it table by table; a driver killed in
+    between would leave a store no later run can open. So a new store is migrated in a
+    temporary file and renamed into place.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)  # runs the migrations
+    os.replace(partial, path)
 
 
 def ui_command(tracking_uri: str) -> str:

@@ -1,0 +1,41 @@
+"""Running sweeps from benchmarks through the product's own path (`run_sweep`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import mnist_dir, progress
+from search.runner import RunOptions, run_sweep
+from spaces import validate_sweep
+
+
+def sweep(document: dict[str, Any], storage: Path, run_name: str) -> dict[str, Any]:
+    """Run a sweep given as a sweep-file mapping; return its results.json payload."""
+    document = {**document, "storage": str(storage)}
+    document.setdefault("data", {})
+    if mnist_dir():
+        document["data"] = {**document["data"], "dir": mnist_dir()}
+    config = validate_sweep(document)
+    progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")
+    outcome = run_sweep(config, RunOptions(run_name=run_name, as_json=True))
+    if outcome.exit_code != 0:
+        raise RuntimeError(f"sweep {run_name} exited {outcome.exit_code}")
+    return outcome.payload
+
+
+def tune_rows(experiment: Path) -> dict[str, list[dict[str, Any]]]:
+    """Ray Tune's own per-report rows (with time_this_iter_s) for each trial."""
+    rows = {}
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def trial_busy_seconds(trial: dict[str, Any]) -> float:
+    """From the start of a trial's first epoch to the end of its last, from its history."""
+    history = trial["history"]
+    return history[-1]["timestamp"] - (history[0]["timestamp"] - history[0]["epoch_seconds"])

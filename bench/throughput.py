@@ -1,0 +1,111 @@
+"""Training throughput: samples/s per batch_norm × skip at batch 128, as a share of this machine's
+measured single-precision matrix-multiply rate, for the loop as shipped and for the variants tried."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.common import mnist_dir, progress, write_result
+from trainables.data import load_data
+from trainables.train import TrainParams, as_tensors, build_model, build_optimizer, evaluate, train_epoch
+
+BATCH = 128
+
+
+def matmul_gflops(threads: int, size: int = 2048, seconds: float = 3.0) -> float:
+    """The best sustained fp32 GEMM rate of `threads` threads (large torch.mm)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def training_flop_per_sample(model: nn.Module) -> float:
+    """Multiply-adds of one forward pass (conv and linear layers) × 2 FLOP × 3 (forward + backward)."""
+    macs = 0
+
+    def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            macs += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    return macs * 2 * 3
+
+
+def samples_per_second(data: Any, params: TrainParams, threads: int, variant: str, epochs: int) -> dict[str, float]:
+    """Train `epochs` epochs (after a warm-up) and time them; evaluation timed separately."""
+    torch.set_num_threads(threads)
+    model = build_model(params)
+    images, labels = as_tensors(data.train)
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    if variant == "compile":
+        model = torch.compile(model)
+    optimizer = build_optimizer(model, params)
+    generator = torch.Generator().manual_seed(0)
+    warmup = (images[:BATCH * 20], labels[:BATCH * 20])
+    train_epoch(model, optimizer, warmup, BATCH, generator)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        _train_loss, train_acc = train_epoch(model, optimizer, (images, labels), BATCH, generator)
+    train_s = (time.perf_counter() - started) / epochs
+    started = time.perf_counter()
+    _val_loss, val_acc = evaluate(model, as_tensors(data.val))
+    eval_s = time.perf_counter() - started
+    return {"samples_per_s": len(labels) / train_s, "epoch_train_s": train_s, "eval_s": eval_s,
+            "train_acc": train_acc, "val_acc": val_acc}
+
+
+def run(full: bool) -> dict[str, Any]:
+    data = load_data("mnist", mnist_dir(), subset=None if full else 12000)
+    epochs = 2 if full else 1
+    variants = ["baseline", "channels_last", "compile"] if full else ["baseline", "channels_last"]
+    results: dict[str, Any] = {"batch_size": BATCH, "train_samples": len(data.train), "epochs_timed": epochs}
+    for threads in (1, 2):
+        gemm = matmul_gflops(threads)
+        progress(f"{threads} thread(s): fp32 matmul {gemm:.1f} GFLOP/s")
+        results[f"matmul_gflops_{threads}t"] = gemm
+        for bn in (True, False):
+            for skip in (True, False):
+                params = TrainParams(batch_norm=bn, skip=skip, batch_size=BATCH)
+                flop = training_flop_per_sample(build_model(params))
+                for variant in variants if (bn and skip) else ["baseline"]:
+                    key = f"bn={bn},skip={skip},threads={threads},{variant}"
+                    measured = samples_per_second(data, params, threads, variant, epochs)
+                    measured["mflop_per_sample"] = flop / 1e6
+                    measured["fraction_of_matmul"] = measured["samples_per_s"] * flop / 1e9 / gemm
+                    results[key] = measured
+                    progress(f"{key}: {measured['samples_per_s']:.0f} samples/s, "
+                             f"{100 * measured['fraction_of_matmul']:.1f}% of matmul, "
+                             f"eval {measured['eval_s']:.2f}s")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="full MNIST and every variant")
+    args = parser.parse_args()
+    write_result("throughput", run(args.full))
+
+
+if __name__ == "__main__":
+    main()
