@@ -3,14 +3,13 @@ measured single-precision matrix-multiply rate, for the loop as shipped and for 
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.common import mnist_dir, progress, write_result
+from bench.common import mnist_dir, progress, scale_argument, write_result
 from trainables.data import load_data
 from trainables.train import TrainParams, as_tensors, build_model, build_optimizer, evaluate, train_epoch
 
@@ -75,13 +74,36 @@ def samples_per_second(data: Any, params: TrainParams, threads: int, variant: st
             "train_acc": train_acc, "val_acc": val_acc}
 
 
-def run(full: bool) -> dict[str, Any]:
-    data = load_data("mnist", mnist_dir(), subset=None if full else 12000)
-    epochs = 2 if full else 1
-    variants = ["baseline", "channels_last", "compile"] if full else ["baseline", "channels_last"]
+SETTINGS = {
+    "smoke": {"subset": 600, "epochs": 1, "variants": ["baseline"], "threads": [1]},
+    "quick": {"subset": 12000, "epochs": 1, "variants": ["baseline", "channels_last"], "threads": [1, 2]},
+    "full": {"subset": None, "epochs": 2, "variants": ["baseline", "channels_last", "compile"], "threads": [1, 2]},
+}
+
+
+def profile_training_step(steps: int = 30) -> list[dict[str, Any]]:
+    """Where one thread's training step spends its time: the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    params = TrainParams(batch_size=BATCH)
+    model, generator = build_model(params), torch.Generator().manual_seed(0)
+    optimizer = build_optimizer(model, params)
+    images, labels = torch.randn(BATCH * steps, 1, 28, 28), torch.randint(0, 10, (BATCH * steps,))
+    train_epoch(model, optimizer, (images[: BATCH * 5], labels[: BATCH * 5]), BATCH, generator)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_epoch(model, optimizer, (images, labels), BATCH, generator)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]]
+
+
+def run(settings: dict[str, Any]) -> dict[str, Any]:
+    data = load_data("mnist", mnist_dir(), subset=settings["subset"])
+    epochs, variants = settings["epochs"], settings["variants"]
     results: dict[str, Any] = {"batch_size": BATCH, "train_samples": len(data.train), "epochs_timed": epochs}
-    for threads in (1, 2):
-        gemm = matmul_gflops(threads)
+    for threads in settings["threads"]:
+        gemm = matmul_gflops(threads, seconds=0.5 if settings["subset"] == 600 else 3.0)
         progress(f"{threads} thread(s): fp32 matmul {gemm:.1f} GFLOP/s")
         results[f"matmul_gflops_{threads}t"] = gemm
         for bn in (True, False):
@@ -97,14 +119,14 @@ def run(full: bool) -> dict[str, Any]:
                     progress(f"{key}: {measured['samples_per_s']:.0f} samples/s, "
                              f"{100 * measured['fraction_of_matmul']:.1f}% of matmul, "
                              f"eval {measured['eval_s']:.2f}s")
+    results["profile_1_thread"] = profile_training_step(steps=5 if settings["subset"] == 600 else 30)
+    progress("profile: " + ", ".join(f"{p['op']} {p['self_cpu_share']:.0%}" for p in results["profile_1_thread"][:5]))
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--full", action="store_true", help="full MNIST and every variant")
-    args = parser.parse_args()
-    write_result("throughput", run(args.full))
+    scale = scale_argument(__doc__)
+    write_result("throughput", scale, run(SETTINGS[scale]))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,22 @@ def model_requirements() -> list[str]:
             f"cloudpickle=={cloudpickle.__version__}"]
 
 
+@contextmanager
+def _global_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """MLflow's model logging reads the global tracking URI; set it for the call only.
+
+    Left set, it would leak into MLFLOW_TRACKING_URI and so into the next sweep of this process.
+    """
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def log_and_register(
     tracking_uri: str,
     run_id: str,
@@ -50,8 +68,7 @@ def log_and_register(
     model = model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with _global_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
             name=MODEL_NAME,

@@ -52,10 +52,11 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None) -> S
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
     The study lives in `search.storage` when the sweep names one, else in
-    `default_storage` (a journal file beside the Tune experiment), else in memory.
+    `default_storage` (a journal file beside the Tune experiment), else in memory. A space
+    with nothing to search repeats its one configuration `num_samples` times.
     """
     search = config.search
-    if search.algorithm == "optuna":
+    if search.algorithm == "optuna" and config.space.searched():
         import optuna
 
         sampler = optuna.samplers.TPESampler(

@@ -1,0 +1,58 @@
+"""`python -m bench smoke|quick|full`: every benchmark at one scale, then (full) BENCHMARKS.md.
+
+smoke is what the test suite runs (a minute or two), quick is `make bench` (under 15 minutes on
+2 cores), full is `make bench-full` (several hours: it runs the seed's experiments and the
+default sweep, and three seeds of each search-quality arm).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bench import (
+    best_model,
+    cli_errors,
+    overhead,
+    search_quality,
+    seed_table,
+    sweep_efficiency,
+    throughput,
+    tracking_overhead,
+)
+from bench.common import SCALES, progress, write_result
+
+ORDER = [
+    ("cli_errors", lambda scale: cli_errors.run(1 if scale == "smoke" else 5)),
+    ("throughput", lambda scale: throughput.run(throughput.SETTINGS[scale])),
+    ("overhead", lambda scale: overhead.run(overhead.SETTINGS[scale])),
+    ("tracking_overhead", lambda scale: tracking_overhead.run(tracking_overhead.SETTINGS[scale])),
+    ("sweep_efficiency", lambda scale: sweep_efficiency.run(sweep_efficiency.SETTINGS[scale])),
+    ("search_quality", lambda scale: search_quality.run(search_quality.SETTINGS[scale])),
+    ("seed_table", lambda scale: seed_table.run(seed_table.SETTINGS[scale])),
+    ("best_model", lambda scale: best_model.run(best_model.SETTINGS[scale])),
+]
+
+
+def main(argv: list[str]) -> None:
+    scale = argv[0] if argv else "quick"
+    only = set(argv[1:])
+    if scale not in SCALES:
+        raise SystemExit(f"usage: python -m bench {{{'|'.join(SCALES)}}} [BENCHMARK ...]")
+    started = time.time()
+    for name, run in ORDER:
+        if only and name not in only:
+            continue
+        if name == "best_model" and scale == "quick":
+            continue  # the 30-minute default sweep belongs to the full set
+        progress(f"--- {name} ({scale})")
+        write_result(name, scale, run(scale))
+    progress(f"done in {(time.time() - started) / 60:.1f} min")
+    if scale == "full":
+        from bench.report import write_benchmarks_md
+
+        write_benchmarks_md()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

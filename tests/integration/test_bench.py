@@ -1,0 +1,37 @@
+"""Every benchmark script runs end to end at its smallest scale and writes its numbers; the
+report renders from them. (Benchmarks measure; they never assert timings.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "cli_errors": "median_s", "throughput": "profile_1_thread", "overhead": "ratio",
+    "tracking_overhead": "mlflow_share_of_epoch_http", "sweep_efficiency": "efficiency",
+    "search_quality": "comparisons", "seed_table": "table", "best_model": "best",
+}
+
+
+def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_path):
+    env = {**base_env, "BENCH_RESULTS_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bench", "smoke"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--- search_quality (smoke)" in proc.stderr  # progress lines while it runs
+    for name, key in EXPECTED.items():
+        record = json.loads((tmp_path / "smoke" / f"{name}.json").read_text())
+        assert key in record and record["machine"]["cores"] >= 1, name
+    report = subprocess.run([sys.executable, "-c", f"from pathlib import Path; from bench.report import "
+                             f"write_benchmarks_md; write_benchmarks_md('smoke', Path(r'{tmp_path}/B.md'))"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "B.md").read_text()
+    assert "| 1. Wrapper overhead" in text and "## The seed's table" in text
