@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from bench.common import mnist_dir, progress, scale_argument, write_result
-from bench.sweeps import sweep, tune_rows
+from bench.sweeps import sweep
+from search.experiment import tune_result_rows
 from trainables.data import load_data
 from trainables.train import TrainingRun, TrainParams
 
@@ -37,7 +38,7 @@ def tune_epochs(subset: int | None, epochs: int, storage: Path) -> list[float]:
                 "search": {"algorithm": "random", "num_samples": 1}, "resources": {"cpu": 1},
                 "data": {"subset": subset}}
     sweep(document, storage, "overhead")
-    (rows,) = tune_rows(storage / "overhead").values()
+    (rows,) = tune_result_rows(storage / "overhead").values()
     return [row["time_this_iter_s"] for row in rows]
 
 

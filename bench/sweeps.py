@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str) -> dict[str, A
     if outcome.exit_code != 0:
         raise RuntimeError(f"sweep {run_name} exited {outcome.exit_code}")
     return outcome.payload
-
-
-def tune_rows(experiment: Path) -> dict[str, list[dict[str, Any]]]:
-    """Ray Tune's own per-report rows (with time_this_iter_s) for each trial."""
-    rows = {}
-    for result in experiment.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            rows[lines[0]["trial_id"]] = lines
-    return rows
 
 
 def trial_busy_seconds(trial: dict[str, Any]) -> float:

@@ -115,6 +115,8 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--name", "run_name", help="Name of this run (default: <sweep>-<UTC time>).")
 @click.option("--storage", help="Where results go: a folder or s3://… (default: the sweep's `storage`, "
               "else SWEEP_STORAGE, else ./runs).")
+@click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default: the sweep's "
+              "mlflow.tracking_uri, else MLFLOW_TRACKING_URI, else SQLite in the storage folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--num-samples", type=click.IntRange(min=1), help="Trials to sample.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run --name (default: the latest).")
@@ -122,7 +124,7 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout at the end.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,
               help="Address the local Ray dashboard listens on.")
-def run(sweep: str, address: str | None, run_name: str | None, storage: str | None,
+def run(sweep: str, address: str | None, run_name: str | None, storage: str | None, tracking_uri: str | None,
         overrides: tuple[str, ...], num_samples: int | None, resume: bool, dry_run: bool, as_json: bool,
         dashboard_host: str) -> None:
     """Search SWEEP (a file, or the name of one in spaces/) with Optuna + ASHA on Ray Tune."""
@@ -134,7 +136,7 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     from search.runner import RunOptions, run_sweep
 
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run,
-                         as_json=as_json, dashboard_host=dashboard_host)
+                         as_json=as_json, dashboard_host=dashboard_host, tracking_uri=tracking_uri)
     outcome = run_sweep(config, options)
     if as_json and outcome.payload:
         click.echo(json.dumps(outcome.payload, indent=2, default=str))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from search.report import TrialSummary, history_from_rows, rank_trials, summarize_trial
@@ -54,10 +56,16 @@ def load_trials(experiment_uri: str, config: SweepConfig, analysis: Any = None) 
             mode=config.mode,
             node_id=last.get("node_id"),
             error=_first_line(error),
-            checkpoint=trial.checkpoint.path if trial.checkpoint else None,
+            checkpoint=checkpoint_uri(trial.checkpoint) if trial.checkpoint else None,
         ))
     unfinished = sum(t.status == "unfinished" for t in summaries)
     return TrialsSnapshot(rank_trials(summaries, config.mode), unfinished)
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """A checkpoint's location as a path (local) or a URI (s3://…) that `tune.Checkpoint` reopens."""
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _first_line(error: object) -> str | None:
@@ -65,3 +73,17 @@ def _first_line(error: object) -> str | None:
         return None
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else type(error).__name__
+
+
+def tune_result_rows(experiment_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Ray Tune's own rows, one per report, of every trial in a local experiment folder.
+
+    What Tune saw, before any merging: tests and benchmarks read epochs, pids, nodes and
+    `time_this_iter_s` from here.
+    """
+    rows = {}
+    for result in Path(experiment_dir).glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.experiment import tune_result_rows
 from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.integration
@@ -22,12 +23,7 @@ TRIALS = 8
 
 def trial_epochs(experiment: Path) -> dict[str, list[int]]:
     """Every epoch each trial reported, in order, from Tune's own result files."""
-    epochs = {}
-    for result in experiment.glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if rows:
-            epochs[rows[0]["trial_id"]] = [int(row["epoch"]) for row in rows if "epoch" in row]
-    return epochs
+    return {trial: [int(row["epoch"]) for row in rows] for trial, rows in tune_result_rows(experiment).items()}
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:

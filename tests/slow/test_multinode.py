@@ -15,10 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
+from search.experiment import tune_result_rows
 from tests.conftest import free_port, start_cli, start_ray_node, stop_process, wait_for_nodes
 
 pytestmark = pytest.mark.slow
@@ -32,15 +32,6 @@ import json, ray, sys
 ray.init(address=sys.argv[1], logging_level="ERROR")
 print(json.dumps({n["NodeManagerPort"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}))
 """
-
-
-def trial_rows(experiment: Path) -> dict[str, list[dict]]:
-    rows = {}
-    for result in experiment.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            rows[lines[0]["trial_id"]] = lines
-    return rows
 
 
 @pytest.fixture
@@ -82,7 +73,7 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
         deadline = time.time() + 240
         while victim is None:
             assert time.time() < deadline and sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
-            running = {rows[-1]["node_id"] for rows in trial_rows(experiment).values()
+            running = {rows[-1]["node_id"] for rows in tune_result_rows(experiment).values()
                        if 2 <= rows[-1]["epoch"] <= EPOCHS - 4}  # seconds of training left there
             victim = next((node for node in running if node in workers), None)
             time.sleep(0.2)
@@ -92,7 +83,7 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
         stop_process(sweep)
     log = (tmp_path / "sweep.log").read_text()
     assert returncode == 0, log[-3000:]
-    rows = trial_rows(experiment)
+    rows = tune_result_rows(experiment)
     assert len(rows) == TRIALS
     assert set(workers) <= {row["node_id"] for trial in rows.values() for row in trial}, "a worker got no trial"
     interrupted = 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.experiment import tune_result_rows
 from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.slow
@@ -26,12 +27,8 @@ KILLS = 3
 
 
 def trial_epochs(experiment: Path) -> dict[str, list[int]]:
-    epochs = {}
-    for result in experiment.glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if rows:
-            epochs[rows[0]["trial_id"]] = [int(row["epoch"]) for row in rows]
-    return epochs
+    """Every epoch each trial reported, in order, from Tune's own result files."""
+    return {trial: [int(row["epoch"]) for row in rows] for trial, rows in tune_result_rows(experiment).items()}
 
 
 def test_driver_killed_three_times_then_resumed(ray_head, base_env, tmp_path):

@@ -12,21 +12,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.experiment import tune_result_rows
 from tests.conftest import start_cli, stop_process
 
 pytestmark = pytest.mark.slow
 
 TRIALS = 4
 EPOCHS = 10
-
-
-def latest_rows(experiment: Path) -> dict[str, dict]:
-    rows = {}
-    for result in experiment.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            rows[lines[0]["trial_id"]] = lines
-    return rows
 
 
 def kill_trial_process(experiment: Path, trial_id: str, acted: dict[str, int], timeout_s: float = 120) -> None:
@@ -37,7 +29,7 @@ def kill_trial_process(experiment: Path, trial_id: str, acted: dict[str, int], t
     """
     deadline = time.time() + timeout_s
     while True:
-        rows = latest_rows(experiment).get(trial_id, [])
+        rows = tune_result_rows(experiment).get(trial_id, [])
         if len(rows) > acted.get(trial_id, 0) and rows[-1]["epoch"] <= EPOCHS - 3:
             time.sleep(0.2)  # into the next epoch
             os.kill(rows[-1]["pid"], signal.SIGKILL)
@@ -57,10 +49,10 @@ def test_killed_trials_retry_from_checkpoints_then_error(ray_head, base_env, tmp
     acted: dict[str, int] = {}
     try:
         deadline = time.time() + 180
-        while len(latest_rows(experiment)) < 2:
+        while len(tune_result_rows(experiment)) < 2:
             assert time.time() < deadline and sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
             time.sleep(0.2)
-        doomed, retried = sorted(latest_rows(experiment))[:2]
+        doomed, retried = sorted(tune_result_rows(experiment))[:2]
         # `retried` dies once and is retried from its checkpoint; `doomed` dies three times,
         # one more than max_failures=2. Interleaved, so both are still running when hit.
         for trial_id in (doomed, retried, doomed, doomed):
@@ -74,7 +66,7 @@ def test_killed_trials_retry_from_checkpoints_then_error(ray_head, base_env, tmp
     status = {t["trial_id"]: t for t in results["trials"]}
     assert status[retried]["status"] == "completed" and status[doomed]["status"] == "errored"
     assert results["counts"]["completed"] == TRIALS - 1
-    rows = latest_rows(experiment)
+    rows = tune_result_rows(experiment)
     epochs = [row["epoch"] for row in rows[retried]]
     assert any(row["iterations_since_restore"] < row["epoch"] for row in rows[retried]), "never restored"
     assert epochs.count(1) == 1, f"restarted at epoch 1: {epochs}"
