@@ -89,7 +89,7 @@ def test_lost_id_file_falls_back_to_tags(store, tmp_path):
 def test_ids_are_kept_per_store(store, tmp_path):
     target, experiment = store
     MlflowRecorder(target, experiment).attach_parent({}, {})
-    other = TrackingTarget(target.tracking_uri + "?other=1", "other-exp", "run-1")
+    other = TrackingTarget(f"sqlite:///{tmp_path / 'other.db'}", "other-exp", "run-1")
     MlflowRecorder(other, experiment).attach_parent({}, {})
     stores = experiment.read_json(MLFLOW_IDS_FILE)["stores"]
     assert set(stores) == {target.tracking_uri, other.tracking_uri}
