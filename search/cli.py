@@ -41,10 +41,9 @@ class TuneGroup(click.Group):
 
 @click.group(cls=TuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """Hyperparameter sweeps of the seed CNN: Optuna + ASHA on Ray Tune, tracked in MLflow."""
-    ctx.obj = {"debug": debug}
+    # `--debug` is acted on in main(), which sees the error after click has returned.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
@@ -90,8 +89,7 @@ SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples
 def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, subset: int | None,
           seed: int | None, data_dir: str | None, threads: int | None, as_json: bool) -> None:
     """Train one configuration in this process (no Ray): SWEEP's fixed values over the defaults."""
-    from spaces import load_sweep, validate_sweep
-    from spaces._loader import apply_override
+    from spaces import apply_override, load_sweep, validate_sweep
 
     changes = flag_overrides(overrides, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir)
     if sweep is None:
@@ -154,9 +152,10 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
               "a tick that already ran is not run again.")
 @click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--storage", help="Where results go (default: the sweep's `storage`, else SWEEP_STORAGE).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default as for `tune run`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: bool, once: bool,
-             address: str | None, storage: str | None, overrides: tuple[str, ...]) -> None:
+             address: str | None, storage: str | None, tracking_uri: str | None, overrides: tuple[str, ...]) -> None:
     """Run SWEEP at every cron tick, one Optuna study across ticks, `champion` moved only when beaten."""
     from search.schedule import ScheduleOptions, parse_cron
 
@@ -167,7 +166,7 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     from search.schedule import run_schedule
 
     options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
-                              address=address)
+                              address=address, tracking_uri=tracking_uri)
     sys.exit(run_schedule(config, options))
 
 

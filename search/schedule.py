@@ -40,6 +40,7 @@ class ScheduleOptions:
     catch_up: bool = False
     once: bool = False
     address: str | None = None
+    tracking_uri: str | None = None
 
 
 def parse_cron(expression: str, tz: str) -> tuple[str, bool, ZoneInfo]:
@@ -267,6 +268,7 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     schedule.write_tick(tick, status="running", run_name=run_name, started=_now().isoformat())
     outcome = run_sweep(config, RunOptions(
         address=options.address, run_name=run_name, resume=resume, reuse_dir=True,
+        tracking_uri=options.tracking_uri,
         tags={"schedule": config.name, "tick": tick.isoformat()}))
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
     best = (outcome.payload.get("best") or {}) if outcome.payload else {}
