@@ -20,15 +20,21 @@ def _status(ok: bool | None) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}%" if abs(value) >= 0.001 else f"{100 * value:.2g}%"  # 0.014%, not 0.0%
 
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _times(value: float | None) -> str:
-    return "— (not reached)" if value is None else f"{value:.2f}×"
+def _speedup(c: dict[str, Any]) -> str:
+    """A median speedup over seeds, marked ≥ when a seed's value is a lower bound."""
+    if c["median"] is None:
+        return f"— (reached in 0 of {c['seeds']} seeds)"
+    return (f"{'≥ ' if c['lower_bound'] else ''}{c['median']:.2f}× "
+            f"({c['seeds_reached']} of {c['seeds']} seeds)")
 
 
 def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -47,19 +53,20 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
         rows.append((f"3. Sweep efficiency: ideal ÷ wall, {r['sweep_efficiency']['trials']} trials",
                      _num(eff, 3), "≥ 0.9", _status(eff >= 0.9)))
     if "search_quality" in r:
-        q = r["search_quality"]["comparisons"]
-        speed = q["random_fifo"]["median_speedup"]
-        rows.append((f"4. Optuna + ASHA vs random without early stopping: time to val_acc ≥ "
-                     f"{r['search_quality']['target']} (median of {len(r['search_quality']['seeds'])} seeds)",
-                     _times(speed), "≥ 3×", _status(None if speed is None else speed >= 3)))
-        for target, value in q["random_fifo"].get("median_speedup_at", {}).items():
-            rows.append((f"4. … the same, time to val_acc ≥ {target}", _times(value), "≥ 3×",
-                         _status(None if value is None else value >= 3)))
-        stock = q["stock_optuna_asha"]["median_speedup"]
-        rows.append(("4b. PRUNED-aware bridge vs Ray's stock OptunaSearch: time to the target", _times(stock),
-                     "—", "—"))
-        for target, value in q["stock_optuna_asha"].get("median_speedup_at", {}).items():
-            rows.append((f"4b. … the same, time to val_acc ≥ {target}", _times(value), "—", "—"))
+        sq = r["search_quality"]
+        q = sq["comparisons"]
+        targets = [("main", sq["target"]), *((str(t), t) for t in sq.get("also", []))]
+        for key, target in targets:
+            c = q["random_fifo"][key]
+            rows.append((f"4. Optuna + ASHA vs random without early stopping: time to val_acc ≥ {target} "
+                         f"(median over the seeds where Optuna + ASHA reached it)", _speedup(c), "≥ 3×",
+                         _status(None if c["median"] is None else c["median"] >= 3)))
+        walls = q["random_fifo"]["wall_ratio"]
+        rows.append(("4. … wall time of the whole sweep, random ÷ Optuna + ASHA (per seed)",
+                     ", ".join(f"{w:.2f}×" for w in walls), "—", "—"))
+        for key, target in targets:
+            rows.append((f"4b. PRUNED-aware bridge vs Ray's stock OptunaSearch: time to val_acc ≥ {target}",
+                         _speedup(q["stock_optuna_asha"][key]), "—", "—"))
     if "tracking_overhead" in r:
         t = r["tracking_overhead"]
         worst = max(t["mlflow_share_of_epoch_sqlite"], t["mlflow_share_of_epoch_http"])
@@ -163,7 +170,20 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
         for challenger, c in q["comparisons"].items():
             pairs = ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in c["best_val_acc_at_equal_wall_ours_theirs"])
             out.append("")
-            out.append(f"Best val_acc at equal wall time, optuna_asha vs {challenger}: {pairs}.")
+            out.append(f"Best val_acc at equal wall time (the shorter sweep's), optuna_asha vs {challenger}: "
+                       f"{pairs}.")
+        fractions = [1 / w for w in q["comparisons"]["random_fifo"]["wall_ratio"]]
+        gaps = [o["best_val_acc"] - t["best_val_acc"] for o, t in zip(q["runs"]["optuna_asha"],
+                                                                       q["runs"]["random_fifo"], strict=True)]
+        out += ["", "Why the 3× goal on time-to-target is not met here: most configurations in this space reach "
+                "0.98 in its first epoch or two, so the time to 0.98 or 0.985 is the time the first, random "
+                "start-up trials take to finish an epoch, the same for both arms; and 0.99 sits at the ceiling "
+                f"of {q['epochs']} epochs of this network (the table shows which arm reached it in which seed). "
+                "What early stopping buys here is the rest of the "
+                f"sweep: the same {q['trials']} trials end in {min(fractions):.2f}–{max(fractions):.2f} of the wall "
+                f"time, with a best val_acc {min(gaps):+.4f} to {max(gaps):+.4f} from random search's. "
+                "A target-time figure only separates the searchers on a "
+                "harder problem, or with many more trials than the 16 that fit a benchmark run."]
     if "tracking_overhead" in r:
         t = r["tracking_overhead"]
         out += ["", "## Searcher and tracking overhead", "",
