@@ -34,10 +34,16 @@ pytestmark = pytest.mark.slow
 SSHD = "/usr/sbin/sshd"
 TOOLS = ("ssh", "ssh-keygen", "rsync", "nc")
 
-RAY_WRAPPER = """#!/bin/sh
+RAY_WRAPPER = """#!/bin/bash
 # `ray stop` from the cluster launcher stops this test's head (its process group), nothing else.
 if [ "$1" = stop ]; then
-    if [ -f {pidfile} ]; then kill -TERM -- -"$(cat {pidfile})" 2>/dev/null; rm -f {pidfile}; fi
+    if [ -f {pidfile} ]; then
+        group=$(cat {pidfile})
+        kill -TERM -- -"$group" 2>/dev/null
+        for i in $(seq 30); do kill -0 -- -"$group" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- -"$group" 2>/dev/null
+        rm -f {pidfile}
+    fi
     exit 0
 fi
 exec {ray} "$@"
@@ -113,10 +119,10 @@ def test_ray_up_runs_a_sweep_on_the_head_and_ray_down_stops_it(sshd, tmp_path, b
     head_port = free_port()
     storage = tmp_path / "results"
     name = f"sweeps-test-{uuid.uuid4().hex[:8]}"
-    start_head = (f"setsid ray start --head --block --port={head_port} --node-ip-address=127.0.0.1 --num-cpus=2 "
-                  "--include-dashboard=false --disable-usage-stats "
-                  f"--autoscaling-config=~/ray_bootstrap_config.yaml > {tmp_path}/head.log 2>&1 < /dev/null & "
-                  f"echo $! > {sshd['pidfile']}")
+    # A session of its own; the process writes its own pid (setsid may fork, so `$!` is not it).
+    start_head = (f"setsid sh -c 'echo $$ > {sshd['pidfile']}; exec ray start --head --block --port={head_port} "
+                  "--node-ip-address=127.0.0.1 --num-cpus=2 --include-dashboard=false --disable-usage-stats "
+                  f"--autoscaling-config=~/ray_bootstrap_config.yaml' > {tmp_path}/head.log 2>&1 < /dev/null &")
     wait_for_head = (f"for i in $(seq 90); do ray status --address=127.0.0.1:{head_port} > /dev/null 2>&1 "
                      "&& exit 0; sleep 1; done; exit 1")
     cluster = {
@@ -153,7 +159,7 @@ def test_ray_up_runs_a_sweep_on_the_head_and_ray_down_stops_it(sshd, tmp_path, b
         down = _run([ray_bin(), "down", "-y", str(config)], env, 120, log)
     assert down.returncode == 0, log.read_text()[-4000:]
     assert not sshd["pidfile"].exists(), "`ray down` did not stop the head"
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while True:  # the head's process group is gone
         try:
             os.killpg(head_pgid, 0)
