@@ -185,14 +185,14 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
         gaps = [o["best_val_acc"] - t["best_val_acc"] for o, t in zip(q["runs"]["optuna_asha"],
                                                                        q["runs"]["random_fifo"], strict=True)]
         out += ["", "Why the 3× goal on time-to-target is not met here: most configurations in this space reach "
-                "0.98 in its first epoch or two, so the time to 0.98 or 0.985 is the time the first, random "
+                "0.98 in their first epoch or two, so the time to 0.98 or 0.985 is the time the first, random "
                 "start-up trials take to finish an epoch, the same for both arms; and 0.99 sits at the ceiling "
                 f"of {q['epochs']} epochs of this network (the table shows which arm reached it in which seed). "
                 "What early stopping buys here is the rest of the "
                 f"sweep: the same {q['trials']} trials end in {min(fractions):.2f}–{max(fractions):.2f} of the wall "
                 f"time, with a best val_acc {min(gaps):+.4f} to {max(gaps):+.4f} from random search's. "
-                "A target-time figure only separates the searchers on a "
-                "harder problem, or with many more trials than the 16 that fit a benchmark run."]
+                "A target-time figure only separates the searchers on a harder problem, or with many more "
+                f"trials than the {q['trials']} that fit a benchmark run."]
     if "tracking_overhead" in r:
         t = r["tracking_overhead"]
         out += ["", "## Searcher and tracking overhead", "",
