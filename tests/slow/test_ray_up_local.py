@@ -139,24 +139,22 @@ def test_ray_up_runs_a_sweep_on_the_head_and_ray_down_stops_it(sshd, tmp_path, b
     config = tmp_path / "cluster-local.yaml"
     config.write_text(yaml.safe_dump(cluster))
     log = tmp_path / "ray-up.log"
-    env = dict(base_env)
     try:
-        up = _run([ray_bin(), "up", "-y", "--no-config-cache", str(config)], env, 300, log)
+        up = _run([ray_bin(), "up", "-y", "--no-config-cache", str(config)], base_env, 300, log)
         assert up.returncode == 0, log.read_text()[-4000:]
         mounted = sshd["home"] / "mnist-sweeps"
         assert (mounted / "spaces" / "smoke.yaml").is_file() and not (mounted / ".venv").exists()
-        assert int(sshd["pidfile"].read_text()) > 0
+        head_pgid = int(sshd["pidfile"].read_text())
         sweep = _run([ray_bin(), "exec", str(config),
                       f"cd ~/mnist-sweeps && tune run smoke --address 127.0.0.1:{head_port} --name over-ssh "
-                      f"--storage {storage} --tracking-uri sqlite:///{tmp_path}/mlflow.db"], env, 420, log)
+                      f"--storage {storage} --tracking-uri sqlite:///{tmp_path}/mlflow.db"], base_env, 420, log)
         assert sweep.returncode == 0, log.read_text()[-4000:]
         assert "best trial" in sweep.stdout + sweep.stderr
         results = json.loads((storage / "over-ssh" / "results.json").read_text())
         assert results["counts"]["errored"] == 0 and results["counts"]["unfinished"] == 0
         assert results["best"]["test_acc"] > 0.5
-        head_pgid = int(sshd["pidfile"].read_text())
     finally:
-        down = _run([ray_bin(), "down", "-y", str(config)], env, 120, log)
+        down = _run([ray_bin(), "down", "-y", str(config)], base_env, 120, log)
     assert down.returncode == 0, log.read_text()[-4000:]
     assert not sshd["pidfile"].exists(), "`ray down` did not stop the head"
     deadline = time.time() + 60
