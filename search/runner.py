@@ -165,8 +165,8 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                                                             time.time() - started)
     best = None if interrupted else _best_with_test(snapshot.trials, config, data)
     extra = {"fit_started_at": fit_started, "fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
-                 "mlflow": {"tracking_uri": target.tracking_uri, "experiment": target.experiment,
-                            "ui_command": ui_command(target.tracking_uri)}}
+             "mlflow": {"tracking_uri": target.tracking_uri, "experiment": target.experiment,
+                        "ui_command": ui_command(target.tracking_uri)}}
     payload = results_payload(config, experiment.run_name, snapshot.trials, best,
                               status="interrupted" if interrupted else "finished",
                               wall_seconds=time.time() - started, extra=extra)
