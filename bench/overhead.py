@@ -13,7 +13,7 @@ import torch
 
 from bench.common import mnist_dir, progress, scale_argument, write_result
 from bench.sweeps import sweep
-from search.experiment import tune_result_rows
+from search.engine.trials import tune_result_rows
 from trainables.data import load_data
 from trainables.train import TrainingRun, TrainParams
 

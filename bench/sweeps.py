@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import mnist_dir, progress
-from search.runner import RunOptions, run_sweep
+from search.commands.run import RunOptions, run_sweep
 from spaces import validate_sweep
 
 

@@ -18,11 +18,10 @@ from typing import Any
 import optuna
 
 from bench.common import mnist_dir, progress, scale_argument, write_result
-from search.optuna_bridge import open_storage
-from search.plots import optuna_distribution
-from search.storage import ExperimentDir
-from search.tracking import MlflowRecorder, TrackingTarget, ensure_sqlite_store
-from search.tuner import tpe_startup_trials
+from search.engine.optuna_bridge import open_storage
+from search.engine.storage import ExperimentDir
+from search.engine.tuner import tpe_startup_trials
+from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store
 from spaces import load_sweep
 
 CHECKPOINTS = (10, 50, 100, 250, 500)
@@ -31,7 +30,7 @@ CHECKPOINTS = (10, 50, 100, 250, 500)
 def ask_tell_ms(storage: str | None, trials: int) -> dict[int, float]:
     """Milliseconds of one ask + tell, averaged around each checkpoint size of the study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = {k: optuna_distribution(d) for k, d in load_sweep("default").space.searched().items()}
+    space = {k: d.to_optuna() for k, d in load_sweep("default").space.searched().items()}
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=tpe_startup_trials(trials), multivariate=True,
                                          constant_liar=True)
     study = optuna.create_study(storage=open_storage(storage), sampler=sampler, study_name="bench")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trainables.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from spaces import SweepConfig
@@ -99,7 +99,7 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
         config = validate_sweep(document)
     else:
         config = load_sweep(sweep, changes)
-    from search.local import train_locally
+    from search.commands.train import train_locally
 
     result = train_locally(config, threads=threads, quiet=as_json)
     if as_json:
@@ -131,7 +131,7 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     if resume and dry_run:
         raise UserError("--resume and --dry-run exclude each other")
     config = load_run_config(sweep, flag_overrides(overrides, num_samples=num_samples, storage=storage))
-    from search.runner import RunOptions, run_sweep
+    from search.commands.run import RunOptions, run_sweep
 
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run,
                          as_json=as_json, dashboard_host=dashboard_host, tracking_uri=tracking_uri)
@@ -157,13 +157,13 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
 def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: bool, once: bool,
              address: str | None, storage: str | None, tracking_uri: str | None, overrides: tuple[str, ...]) -> None:
     """Run SWEEP at every cron tick, one Optuna study across ticks, `champion` moved only when beaten."""
-    from search.schedule import ScheduleOptions, parse_cron
+    from search.commands.schedule import ScheduleOptions, parse_cron
 
     parse_cron(cron, tz)  # a bad expression is a one-line error before anything starts
     if once and (max_runs or catch_up):
         raise UserError("--once runs one tick; it takes no --max-runs or --catch-up")
     config = load_run_config(sweep, flag_overrides(overrides, storage=storage))
-    from search.schedule import run_schedule
+    from search.commands.schedule import run_schedule
 
     options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
                               address=address, tracking_uri=tracking_uri)
@@ -178,7 +178,7 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
               help="Seconds to keep retrying an unreachable store.")
 def sync_mlflow(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> None:
     """Replay a sweep run from Tune storage into MLflow, adding only what is missing."""
-    from search.sync import sync_experiment
+    from search.tracking.replay import sync_experiment
 
     report = sync_experiment(experiment_dir, tracking_uri, timeout_s)
     click.echo(f"parent run {report.parent_run_id}: {report.children} trial runs, "

@@ -7,12 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from core.names import EPOCH_METRICS, EPOCHS, SPACE_KEYS, STATUSES, TEST_METRICS, trial_status
 from spaces import SweepConfig
 
-CONFIG_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed")
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
-HISTORY_KEYS = ("epoch", *EPOCH_METRICS, "test_loss", "test_acc", "timestamp")
-STATUSES = ("completed", "early_stopped", "errored", "unfinished")
+CONFIG_KEYS = SPACE_KEYS
+HISTORY_KEYS = (EPOCHS, *EPOCH_METRICS, *TEST_METRICS, "timestamp")
 
 
 @dataclass
@@ -33,16 +32,6 @@ class TrialSummary:
     error: str | None = None
     checkpoint: str | None = None
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
-
-
-def trial_status(errored: bool, epochs: int, max_t: int, unfinished: bool = False) -> str:
-    """`completed` (reached max_t), `early_stopped` (ASHA or time budget), `errored`, or
-    `unfinished` (still to run when the sweep was interrupted)."""
-    if errored:
-        return "errored"
-    if unfinished:
-        return "unfinished"
-    return "completed" if epochs >= max_t else "early_stopped"
 
 
 def history_from_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, float]]:

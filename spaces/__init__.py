@@ -1,5 +1,6 @@
 """What to search: sweep files (YAML) and the validated `SweepConfig` they become."""
 
+from core.names import METRIC_MODES
 from spaces._distributions import Choice, Grid, IntRange, LogUniform, Uniform, is_distribution
 from spaces._loader import (
     SPACES_DIR,
@@ -9,7 +10,7 @@ from spaces._loader import (
     resolve_sweep_path,
     validate_sweep,
 )
-from spaces._schema import METRIC_MODES, SweepConfig
+from spaces._schema import SweepConfig
 
 __all__ = [
     "METRIC_MODES",

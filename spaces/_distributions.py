@@ -17,12 +17,37 @@ class _Distribution(BaseModel):
         """How many trials one sample of this distribution expands to (grids only)."""
         return 1
 
+    def to_tune(self) -> Any:
+        """This distribution as a Ray Tune search domain."""
+        raise NotImplementedError
+
+    def to_optuna(self) -> Any:
+        """This distribution as an Optuna distribution."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """How MLflow shows it as a parameter of the parent run: `loguniform(0.0001, 0.01)`."""
+        raise NotImplementedError
+
 
 class Choice(_Distribution, Generic[T]):
     """Sample one of the listed values."""
 
     kind: ClassVar[str] = "choice"
     choice: list[T] = Field(min_length=1)
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.choice(list(self.choice))
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(list(self.choice))
+
+    def describe(self) -> str:
+        return f"choice({', '.join(map(repr, self.choice))})"
 
 
 class Grid(_Distribution, Generic[T]):
@@ -33,6 +58,19 @@ class Grid(_Distribution, Generic[T]):
 
     def grid_size(self) -> int:
         return len(self.grid)
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.grid_search(list(self.grid))
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(list(self.grid))
+
+    def describe(self) -> str:
+        return f"grid({', '.join(map(repr, self.grid))})"
 
 
 class _Range(_Distribution, Generic[T]):
@@ -46,6 +84,9 @@ class _Range(_Distribution, Generic[T]):
 
     def _bounds(self) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.kind}({self.low!r}, {self.high!r})"
 
     @model_validator(mode="after")
     def _check_order(self) -> _Range:
@@ -63,6 +104,16 @@ class Uniform(_Range[T], Generic[T]):
     def _bounds(self) -> tuple[Any, Any]:
         return self.uniform
 
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.uniform(self.low, self.high)
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high)
+
 
 class LogUniform(_Range[T], Generic[T]):
     """A float sampled uniformly in log space in [low, high]; low must be > 0."""
@@ -72,6 +123,16 @@ class LogUniform(_Range[T], Generic[T]):
 
     def _bounds(self) -> tuple[Any, Any]:
         return self.loguniform
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.loguniform(self.low, self.high)
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high, log=True)
 
     @model_validator(mode="after")
     def _check_positive(self) -> LogUniform:
@@ -88,6 +149,16 @@ class IntRange(_Range[T], Generic[T]):
 
     def _bounds(self) -> tuple[Any, Any]:
         return self.bounds
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        return tune.randint(self.low, self.high + 1)  # Tune's upper bound is exclusive
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import IntDistribution
+
+        return IntDistribution(self.low, self.high)
 
 
 DISTRIBUTIONS: dict[str, type[_Distribution]] = {

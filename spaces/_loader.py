@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from core.errors import UserError
 from spaces._schema import SweepConfig
-from trainables.errors import UserError
 
 SPACES_DIR = Path(__file__).resolve().parent
 MAX_FILE_BYTES = 1 << 20

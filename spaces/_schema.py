@@ -8,13 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.names import DATASET_NAMES, METRIC_MODES
 from spaces._distributions import is_distribution, param_spec
 
 BOOL_KINDS = ("choice", "grid")
 FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
 INT_KINDS = ("choice", "grid", "int")
-METRIC_MODES = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
-DATASETS = ("mnist", "fashion-mnist")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 LearningRate = Annotated[float, Field(gt=0)]
@@ -87,7 +86,7 @@ class Resources(_Section):
 class DataSection(_Section):
     """Which dataset, how much of it, and how it is split."""
 
-    dataset: Literal[DATASETS] = "mnist"  # type: ignore[valid-type]
+    dataset: Literal[DATASET_NAMES] = "mnist"  # type: ignore[valid-type]
     subset: int | None = Field(None, ge=100, le=60000)
     split_seed: int = Field(0, ge=0)
     dir: str | None = None

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from search import cluster
+from core.errors import UserError
+from search.engine import cluster
 from tests.conftest import free_port
-from trainables.errors import UserError
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.experiment import tune_result_rows
+from search.engine.trials import tune_result_rows
 from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.integration

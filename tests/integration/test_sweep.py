@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from search.optuna_bridge import RAY_TRIAL_ID_ATTR
-from search.storage import STUDY_FILE
+from search.engine.optuna_bridge import RAY_TRIAL_ID_ATTR
+from search.engine.storage import STUDY_FILE
 from tests.conftest import run_cli
 from trainables.data import load_data
 from trainables.train import as_tensors, evaluate

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from search.experiment import tune_result_rows
+from search.engine.trials import tune_result_rows
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu]

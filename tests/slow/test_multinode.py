@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from search.experiment import tune_result_rows
+from search.engine.trials import tune_result_rows
 from tests.conftest import free_port, start_cli, start_ray_node, stop_process, wait_for_nodes
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from search.tracking import ui_command
+from core.errors import UserError
+from search.tracking.recorder import ui_command
 from tests.conftest import REPO, run_cli, start_cli, stop_process
-from trainables.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_local_ray_dashboard_listens_on_loopback_only(base_env, tmp_path):
 def test_another_dashboard_host_must_be_asked_for_and_warns(monkeypatch, caplog):
     import ray
 
-    from search import cluster
+    from search.engine import cluster
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.optuna_bridge import RAY_TRIAL_ID_ATTR
+from search.engine.optuna_bridge import RAY_TRIAL_ID_ATTR
 from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from tests.conftest import REPO, free_port, require
 from trainables.data import DATASETS, TEST_FILES, TRAIN_FILES, load_data, parse_idx, read_idx
-from trainables.errors import UserError
 
 ALL_FILES = TRAIN_FILES + TEST_FILES
 

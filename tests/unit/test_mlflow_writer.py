@@ -8,8 +8,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from search import mlflow_writer
-from search.mlflow_writer import BufferedWriter, call_with_retry, is_permanent
+from search.tracking import writer as mlflow_writer
+from search.tracking.writer import BufferedWriter, call_with_retry, is_permanent
 
 
 @pytest.fixture(autouse=True)

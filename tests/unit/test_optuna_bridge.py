@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.optuna_bridge import RAY_TRIAL_ID_ATTR, BudgetAwareOptunaSearch, open_storage
+from search.engine.optuna_bridge import RAY_TRIAL_ID_ATTR, BudgetAwareOptunaSearch, open_storage
 
 SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from search.report import ablation_rows, history_from_rows, rank_trials, summarize_trial, trial_status
-from search.runner import asha_rungs, plan_text
+from core.names import trial_status
+from search.commands.run import asha_rungs, plan_text
+from search.report import ablation_rows, history_from_rows, rank_trials, summarize_trial
 from spaces import load_sweep
 
 

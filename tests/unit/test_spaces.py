@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UserError
 from spaces import available_sweeps, load_sweep, validate_sweep
 from spaces._distributions import LogUniform
-from trainables.errors import UserError
 
 
 def write(tmp_path, text: str, name: str = "s.yaml"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.storage import MLFLOW_IDS_FILE, ExperimentDir
-from search.tracking import PARENT_TAG, MlflowRecorder, TrackingTarget, sweep_params
+from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
+from search.tracking.recorder import PARENT_TAG, MlflowRecorder, TrackingTarget, sweep_params
 from spaces import load_sweep
 
 

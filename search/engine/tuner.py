@@ -9,7 +9,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
-from search.optuna_bridge import BudgetAwareOptunaSearch, open_storage
+from search.engine.optuna_bridge import BudgetAwareOptunaSearch, open_storage
 from spaces import SweepConfig, is_distribution
 from trainables.data import Data
 from trainables.trainable import train_trial
@@ -18,25 +18,10 @@ MAX_FAILURES = 2
 CHECKPOINTS_KEPT = 2
 
 
-def to_tune_domain(dist: Any) -> Any:
-    """One sweep-file distribution as a Ray Tune search domain."""
-    if dist.kind == "choice":
-        return tune.choice(list(dist.choice))
-    if dist.kind == "grid":
-        return tune.grid_search(list(dist.grid))
-    if dist.kind == "uniform":
-        return tune.uniform(dist.low, dist.high)
-    if dist.kind == "loguniform":
-        return tune.loguniform(dist.low, dist.high)
-    if dist.kind == "int":
-        return tune.randint(dist.low, dist.high + 1)  # Tune's upper bound is exclusive
-    raise ValueError(f"unknown distribution kind {dist.kind}")
-
-
 def build_param_space(config: SweepConfig) -> dict[str, Any]:
     """Tune's `param_space`: distributions for searched keys, fixed values for the rest."""
     space = {
-        key: to_tune_domain(value) if is_distribution(value) else value
+        key: value.to_tune() if is_distribution(value) else value
         for key, value in config.space.entries().items()
     }
     space["epochs"] = config.epochs

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.experiment import TrialsSnapshot
-from search.mlflow_writer import call_with_retry, quiet_mlflow_http_retries
+from search.engine.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir
+from search.engine.trials import TrialsSnapshot
 from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
-from search.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir
-from search.tracking import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
+from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
+from search.tracking.writer import call_with_retry, quiet_mlflow_http_retries
 from spaces import SweepConfig
 from trainables.data import DATASETS, TRAIN_FILES
 
@@ -136,7 +136,7 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
         folder = Path(staging)
         _write_summary_files(folder, trials, results)
         client.log_artifacts(parent, str(folder), "summary")
-        from search.plots import write_plots
+        from search.tracking.plots import write_plots
 
         plots = folder / "plots"
         plots.mkdir()
@@ -149,7 +149,7 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
         client.set_tag(parent, "registered_model", model_name)
         client.set_tag(parent, VERSION_TAG, version)
     if version is not None and tags.get("schedule"):
-        from search.champion import decide_champion
+        from search.tracking.champion import decide_champion
 
         decision = decide_champion(client, model_name, version, config.metric, config.mode)
         client.set_tag(parent, "champion_moved", str(decision.moved).lower())
@@ -194,7 +194,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any]):  # type: ignore[no-untyped-def]
     from ray import tune
 
-    from search.registry import log_and_register
+    from search.tracking.registry import log_and_register
     from trainables.trainable import load_checkpoint_model
 
     with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
@@ -208,12 +208,11 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
 
 def sync_experiment(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> SyncReport:
     """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow."""
-    from search.experiment import load_trials
-    from search.runner import local_root
-    from search.storage import resolve_storage
-    from search.tracking import target_for
+    from core.errors import UserError
+    from search.engine.storage import local_root, resolve_storage
+    from search.engine.trials import load_trials
+    from search.tracking.recorder import target_for
     from spaces import validate_sweep
-    from trainables.errors import UserError
 
     uri = resolve_storage(experiment_dir)
     storage, _, run_name = uri.rpartition("/")

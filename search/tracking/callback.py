@@ -9,9 +9,10 @@ from typing import Any
 
 from ray import tune
 
-from search.mlflow_writer import BufferedWriter, quiet_mlflow_http_retries
-from search.storage import ExperimentDir
-from search.tracking import TRACKED_METRICS, MlflowRecorder, TrackingTarget, now_ms
+from core.names import trial_status
+from search.engine.storage import ExperimentDir
+from search.tracking.recorder import TRACKED_METRICS, MlflowRecorder, TrackingTarget, now_ms
+from search.tracking.writer import BufferedWriter, quiet_mlflow_http_retries
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = (trial.last_result or {}).get("epoch", 0)
-        status = "completed" if epochs >= self.max_t else "early_stopped"
+        status = trial_status(False, epochs, self.max_t)
         self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
                      trial.trial_id, status, None, now_ms())
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from search.report import TrialSummary, ablation_table, results_payload, top_trials_table
-from search.storage import (
+from core.errors import UserError
+from search.engine.storage import (
     RESULTS_FILE,
     RUN_FILE,
     STUDY_FILE,
@@ -21,11 +21,12 @@ from search.storage import (
     check_writable,
     default_run_name,
     latest_run,
+    local_root,
     resolve_storage,
 )
-from search.tracking import ensure_sqlite_store, target_for, ui_command
+from search.report import TrialSummary, ablation_table, results_payload, top_trials_table
+from search.tracking.recorder import ensure_sqlite_store, target_for, ui_command
 from spaces import SweepConfig, validate_sweep
-from trainables.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> SweepOutcome:
                      split_seed=config.data.split_seed)
     if not experiment.is_remote:
         check_writable(experiment.storage)
-    from search import cluster
+    from search.engine import cluster
 
     print(cluster.connect(options.address, options.dashboard_host, quiet=options.as_json), file=sys.stderr)
     if not (options.address or _env_address()):
@@ -136,9 +137,9 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
                     options: RunOptions) -> SweepOutcome:
     from ray import tune
 
-    from search import cluster
-    from search.experiment import load_trials
-    from search.tuner import build_tuner, restore_tuner
+    from search.engine import cluster
+    from search.engine.trials import load_trials
+    from search.engine.tuner import build_tuner, restore_tuner
 
     target = target_for(config, experiment.run_name, local_root(experiment), options.tracking_uri)
     ensure_sqlite_store(target.tracking_uri)
@@ -193,16 +194,11 @@ def resume_command(config: SweepConfig, experiment: ExperimentDir) -> str:
     return f"tune run {sweep} --name {experiment.run_name}{storage} --resume"
 
 
-def local_root(experiment: ExperimentDir) -> Path:
-    """The local folder for the default MLflow store: the storage folder, or ./runs for a URI."""
-    return Path("runs").resolve() if experiment.is_remote else Path(experiment.storage)
-
-
 def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: Any) -> Any:
     import tempfile
 
-    from search.callback import MlflowCallback
-    from search.sync import parent_setup
+    from search.tracking.callback import MlflowCallback
+    from search.tracking.replay import parent_setup
 
     staging = Path(tempfile.mkdtemp(prefix="sweep-parent-"))
     tags, params, artifacts = parent_setup(config, experiment, staging)
@@ -211,7 +207,7 @@ def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: A
 
 def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: Any, snapshot: Any) -> dict:
     """Fill in MLflow from Tune storage and finalise; never fails the sweep."""
-    from search.sync import sync_sweep
+    from search.tracking.replay import sync_sweep
 
     try:
         report = sync_sweep(config, experiment, target, snapshot, timeout_s=FINAL_SYNC_TIMEOUT_S)

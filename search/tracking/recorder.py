@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.storage import MLFLOW_IDS_FILE, ExperimentDir
+from core.names import EPOCH_METRICS, EPOCHS, TEST_METRICS
+from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
 from spaces import SweepConfig, is_distribution
 
 log = logging.getLogger(__name__)
 
-TRACKED_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds",
-                   "test_loss", "test_acc")
+TRACKED_METRICS = (EPOCHS, *EPOCH_METRICS, *TEST_METRICS)
 SWEEP_RUN_TAG = "sweep_run"
 ROLE_TAG = "role"
 TRIAL_ID_TAG = "trial_id"
@@ -282,16 +282,8 @@ def sweep_params(config: SweepConfig) -> dict[str, Any]:
         for key, value in getattr(config, section).model_dump().items():
             params[f"{section}.{key}"] = value
     for key, value in config.space.entries().items():
-        params[f"space.{key}"] = _describe(value)
+        params[f"space.{key}"] = value.describe() if is_distribution(value) else repr(value)
     return params
-
-
-def _describe(value: Any) -> str:
-    if not is_distribution(value):
-        return repr(value)
-    if value.kind in ("choice", "grid"):
-        return f"{value.kind}({', '.join(map(repr, getattr(value, value.kind)))})"
-    return f"{value.kind}({value.low!r}, {value.high!r})"
 
 
 def sweep_tags(config: SweepConfig, dataset: str, dataset_sha256: str) -> dict[str, str]:

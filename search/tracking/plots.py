@@ -22,23 +22,12 @@ log = logging.getLogger(__name__)
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
 
 
-def optuna_distribution(dist: Any) -> Any:
-    """A sweep-file distribution as an Optuna distribution."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if dist.kind in ("choice", "grid"):
-        return CategoricalDistribution(list(getattr(dist, dist.kind)))
-    if dist.kind == "int":
-        return IntDistribution(dist.low, dist.high)
-    return FloatDistribution(dist.low, dist.high, log=dist.kind == "loguniform")
-
-
 def study_from_trials(trials: Sequence[TrialSummary], config: SweepConfig) -> Any:
     """An in-memory Optuna study holding this sweep run's scored trials."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {k: optuna_distribution(d) for k, d in config.space.searched().items()}
+    distributions = {k: d.to_optuna() for k, d in config.space.searched().items()}
     study = optuna.create_study(direction="minimize" if config.mode == "min" else "maximize",
                                 study_name=config.name)
     for trial in trials:

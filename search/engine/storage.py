@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.errors import UserError
+from core.errors import UserError
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 SWEEP_FILE = "sweep.json"
@@ -123,3 +123,8 @@ def _sweep_name_of(run_dir: Path) -> str | None:
 def default_run_name(sweep_name: str) -> str:
     """`<sweep>-<UTC time>`: unique per invocation, sortable."""
     return f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def local_root(experiment: ExperimentDir) -> Path:
+    """The local folder for the default MLflow store: the storage folder, or ./runs for a URI."""
+    return Path("runs").resolve() if experiment.is_remote else Path(experiment.storage)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from search.runner import EXIT_INTERRUPTED, RunOptions, run_sweep
-from search.storage import is_uri, resolve_storage
+from core.errors import UserError
+from search.commands.run import EXIT_INTERRUPTED, RunOptions, run_sweep
+from search.engine.storage import is_uri, resolve_storage
 from spaces import SweepConfig
-from trainables.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class SingleScheduler:
 def run_schedule(config: SweepConfig, options: ScheduleOptions) -> int:
     """The scheduler's main loop; returns the exit code."""
     schedule = Schedule(config, options)
-    from search.cluster import stop_gracefully_on_sigterm
+    from search.engine.cluster import stop_gracefully_on_sigterm
 
     holder = SingleScheduler(schedule.folder)
     stop_gracefully_on_sigterm()
@@ -257,7 +257,7 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     """Run (or resume) the sweep of one tick and record how it ended."""
     from ray import tune
 
-    from search.storage import ExperimentDir
+    from search.engine.storage import ExperimentDir
 
     config = tick_config(schedule)
     run_name = schedule.run_name(tick)

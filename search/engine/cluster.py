@@ -8,7 +8,7 @@ import signal
 import socket
 import uuid
 
-from trainables.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from core.names import COMPLETED, trial_status
+
 log = logging.getLogger(__name__)
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
@@ -69,7 +71,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         result = result or {}
         value = result.get(self.metric)
         finite = value is not None and math.isfinite(value)
-        reached_max_t = result.get("epoch", result.get(TRAINING_ITERATION, 0)) >= self._max_t
+        epochs = result.get("epoch", result.get(TRAINING_ITERATION, 0))
+        reached_max_t = trial_status(False, epochs, self._max_t) == COMPLETED
         if error or not finite:
             state, value = TrialState.FAIL, None
         elif reached_max_t:

@@ -1,0 +1,30 @@
+"""The one spelling of every metric, config key and dataset name (DESIGN.md: "one naming scheme").
+
+Tune results, MLflow, reports and the sweep schema import these; a unit test keeps the
+schema, the training parameters and the data loader in step with them.
+"""
+
+from __future__ import annotations
+
+# Keys of a trial's configuration that a sweep file's `space` may set (the seed's switches first).
+SPACE_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed")
+EPOCHS = "epoch"  # the time attribute of every report (ASHA's rungs, MLflow's step)
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+TEST_METRICS = ("test_loss", "test_acc")
+# The metrics a sweep may optimise, with the direction each must go.
+METRIC_MODES = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
+DATASET_NAMES = ("mnist", "fashion-mnist")
+
+# How a trial ended (the `status` tag of its MLflow run, results.json, reports).
+COMPLETED, EARLY_STOPPED, ERRORED, UNFINISHED = "completed", "early_stopped", "errored", "unfinished"
+STATUSES = (COMPLETED, EARLY_STOPPED, ERRORED, UNFINISHED)
+
+
+def trial_status(errored: bool, epochs: int, max_t: int, unfinished: bool = False) -> str:
+    """`completed` (reached max_t), `early_stopped` (ASHA or the time budget), `errored`, or
+    `unfinished` (still to run when the sweep was interrupted): the one rule, used everywhere."""
+    if errored:
+        return ERRORED
+    if unfinished:
+        return UNFINISHED
+    return COMPLETED if epochs >= max_t else EARLY_STOPPED

@@ -1,0 +1,1 @@
+"""The commands behind the `tune` CLI: run, train, schedule, sync-mlflow; each takes typed options."""

@@ -1,0 +1,1 @@
+"""Everything MLflow: recorder, background writer, Tune callback, replay, registry, champion, plots."""
