@@ -12,7 +12,6 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-import search.engine.tuner
 from bench.common import progress, scale_argument, write_result
 from bench.sweeps import sweep
 
@@ -91,13 +90,7 @@ def run_arm(arm: str, seed: int, settings: dict[str, Any], storage: Path) -> dic
     document = {"name": f"bench-{arm}", "epochs": settings["epochs"], "space": SPACE, "scheduler": scheduler,
                 "search": {**searcher, "num_samples": settings["trials"], "seed": seed, "max_concurrent_trials": 2},
                 "resources": {"cpu": 1}, "data": {"subset": settings["subset"]}}
-    original = search.engine.tuner.BudgetAwareOptunaSearch
-    if arm == "stock_optuna_asha":
-        search.engine.tuner.BudgetAwareOptunaSearch = StockOptunaSearch
-    try:
-        return sweep(document, storage, f"{arm}-{seed}")
-    finally:
-        search.engine.tuner.BudgetAwareOptunaSearch = original
+    return sweep(document, storage, f"{arm}-{seed}", StockOptunaSearch if arm == "stock_optuna_asha" else None)
 
 
 SETTINGS = {

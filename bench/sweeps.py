@@ -6,19 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import mnist_dir, progress
-from search.commands.run import RunOptions, run_sweep
+from search.commands.options import RunOptions
+from search.commands.run import run_sweep
 from spaces import validate_sweep
 
 
-def sweep(document: dict[str, Any], storage: Path, run_name: str) -> dict[str, Any]:
-    """Run a sweep given as a sweep-file mapping; return its results.json payload."""
+def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: type | None = None
+          ) -> dict[str, Any]:
+    """Run a sweep given as a sweep-file mapping (with another Optuna searcher, if given); return its
+    results.json payload."""
     document = {**document, "storage": str(storage)}
     document.setdefault("data", {})
     if mnist_dir():
         document["data"] = {**document["data"], "dir": mnist_dir()}
     config = validate_sweep(document)
     progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")
-    outcome = run_sweep(config, RunOptions(run_name=run_name, as_json=True))
+    outcome = run_sweep(config, RunOptions(run_name=run_name, as_json=True), optuna_class)
     if outcome.exit_code != 0:
         raise RuntimeError(f"sweep {run_name} exited {outcome.exit_code}")
     return outcome.payload

@@ -6,22 +6,23 @@ sweep file is reported in well under a second and Ray is never started for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from core.errors import UserError
+from search.commands.options import Environment, RunOptions, drop_tensorboard_logger, quiet_mlflow_http_retries
 
 if TYPE_CHECKING:
     from spaces import SweepConfig
 
-STORAGE_ENV = "SWEEP_STORAGE"
 RAY_COMMANDS = ("ls", "list-trials", "lsx", "list-experiments", "add-note")
 
 
@@ -47,31 +48,58 @@ def cli(debug: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
-def flag_overrides(overrides: Sequence[str], **flags: object) -> list[str]:
-    """`--set` values plus the shortcut flags as overrides; a key set twice is an error."""
-    targets = {"epochs": "epochs", "subset": "data.subset", "seed": "space.seed",
-               "data_dir": "data.dir", "num_samples": "search.num_samples", "storage": "storage"}
-    result = list(overrides)
+FLAG_KEYS = {"epochs": "epochs", "subset": "data.subset", "seed": "space.seed", "data_dir": "data.dir",
+             "num_samples": "search.num_samples", "storage": "storage"}
+
+
+def flag_values(overrides: Sequence[str], **flags: object) -> dict[str, Any]:
+    """The shortcut flags as typed values by sweep key; a key also given with `--set` is an error."""
+    values = {}
     for flag, value in flags.items():
         if value is None:
             continue
-        key = targets[flag]
+        key = FLAG_KEYS[flag]
         clash = [o for o in overrides if o.partition("=")[0].strip() in (key, key.split(".")[-1])]
         if clash:
             raise UserError(f"--{flag.replace('_', '-')} and --set {clash[0]} both set {key}; give one")
-        result.append(f"{key}={value}")
-    return result
+        values[key] = value
+    return values
 
 
-def load_run_config(sweep: str, overrides: Sequence[str]) -> SweepConfig:
+def load_run_config(sweep: str, overrides: Sequence[str], values: Mapping[str, Any], env: Environment
+                    ) -> SweepConfig:
     """The sweep with its overrides; `SWEEP_STORAGE` applies when neither the file nor a flag sets storage."""
     from spaces import load_sweep
 
-    config = load_sweep(sweep, overrides)
-    env_storage = os.environ.get(STORAGE_ENV)
-    if env_storage and "storage" not in config.model_fields_set:
-        config = config.model_copy(update={"storage": env_storage})
+    config = load_sweep(sweep, overrides, values=values)
+    if env.storage and "storage" not in config.model_fields_set:
+        config = config.model_copy(update={"storage": env.storage})
     return config
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While active, everything written to stdout (Ray's tables included, at the descriptor
+    level, so child processes too) goes to stderr; stdout is left for one JSON document."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def prepare_tracking() -> None:
+    """Process-wide settings of the libraries a sweep uses, set once before one starts."""
+    quiet_mlflow_http_retries()
+    drop_tensorboard_logger()
 
 
 SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples=4 (repeatable)."
@@ -89,16 +117,18 @@ SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples
 def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, subset: int | None,
           seed: int | None, data_dir: str | None, threads: int | None, as_json: bool) -> None:
     """Train one configuration in this process (no Ray): SWEEP's fixed values over the defaults."""
-    from spaces import apply_override, load_sweep, validate_sweep
+    from spaces import apply_override, load_sweep, set_value, validate_sweep
 
-    changes = flag_overrides(overrides, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir)
+    values = flag_values(overrides, epochs=epochs, subset=subset, seed=seed, data_dir=data_dir)
     if sweep is None:
         document: dict = {"name": "train"}
-        for change in changes:
+        for change in overrides:
             apply_override(document, change)
+        for key, value in values.items():
+            set_value(document, key, value)
         config = validate_sweep(document)
     else:
-        config = load_sweep(sweep, changes)
+        config = load_sweep(sweep, overrides, values=values)
     from search.commands.train import train_locally
 
     result = train_locally(config, threads=threads, quiet=as_json)
@@ -120,23 +150,26 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--resume", is_flag=True, help="Continue the interrupted run --name (default: the latest).")
 @click.option("--dry-run", is_flag=True, help="Validate and show the plan; start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout at the end.")
-@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
-              help="Address the local Ray dashboard listens on.")
+@click.option("--dashboard-host", help="Address the local Ray dashboard listens on (default: 127.0.0.1).")
 def run(sweep: str, address: str | None, run_name: str | None, storage: str | None, tracking_uri: str | None,
         overrides: tuple[str, ...], num_samples: int | None, resume: bool, dry_run: bool, as_json: bool,
-        dashboard_host: str) -> None:
+        dashboard_host: str | None) -> None:
     """Search SWEEP (a file, or the name of one in spaces/) with Optuna + ASHA on Ray Tune."""
     if resume and (overrides or num_samples):
         raise UserError("--resume continues a sweep as it was started; it takes no --set or --num-samples")
     if resume and dry_run:
         raise UserError("--resume and --dry-run exclude each other")
-    config = load_run_config(sweep, flag_overrides(overrides, num_samples=num_samples, storage=storage))
-    from search.commands.run import RunOptions, run_sweep
+    env = Environment.read()
+    config = load_run_config(sweep, overrides, flag_values(overrides, num_samples=num_samples, storage=storage),
+                             env)
+    options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
+                         dashboard_host=dashboard_host, tracking_uri=tracking_uri, env=env)
+    prepare_tracking()
+    from search.commands.run import run_sweep
 
-    options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run,
-                         as_json=as_json, dashboard_host=dashboard_host, tracking_uri=tracking_uri)
-    outcome = run_sweep(config, options)
-    if as_json and outcome.payload:
+    with stdout_to_stderr(as_json):
+        outcome = run_sweep(config, options)
+    if as_json:
         click.echo(json.dumps(outcome.payload, indent=2, default=str))
     sys.exit(outcome.exit_code)
 
@@ -162,25 +195,27 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     parse_cron(cron, tz)  # a bad expression is a one-line error before anything starts
     if once and (max_runs or catch_up):
         raise UserError("--once runs one tick; it takes no --max-runs or --catch-up")
-    config = load_run_config(sweep, flag_overrides(overrides, storage=storage))
+    env = Environment.read()
+    config = load_run_config(sweep, overrides, flag_values(overrides, storage=storage), env)
+    prepare_tracking()
     from search.commands.schedule import run_schedule
 
     options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
-                              address=address, tracking_uri=tracking_uri)
+                              run=RunOptions(address=address, tracking_uri=tracking_uri, env=env))
     sys.exit(run_schedule(config, options))
 
 
 @cli.command("sync-mlflow")
 @click.argument("experiment_dir")
-@click.option("--tracking-uri", help="Store to replay into (default: the sweep's, else MLFLOW_TRACKING_URI, "
-              "else the SQLite store beside the experiment).")
+@click.option("--tracking-uri", help="Store to replay into (default: the store the run was started with).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds to keep retrying an unreachable store.")
 def sync_mlflow(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> None:
     """Replay a sweep run from Tune storage into MLflow, adding only what is missing."""
+    prepare_tracking()
     from search.tracking.replay import sync_experiment
 
-    report = sync_experiment(experiment_dir, tracking_uri, timeout_s)
+    report = sync_experiment(experiment_dir, tracking_uri, Environment.read().tracking_uri, timeout_s)
     click.echo(f"parent run {report.parent_run_id}: {report.children} trial runs, "
                f"{report.epochs_added} epochs added"
                + (f", model version {report.registered}" if report.registered else ""))

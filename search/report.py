@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.names import EPOCH_METRICS, EPOCHS, SPACE_KEYS, STATUSES, TEST_METRICS, trial_status
+from core.names import EPOCH_METRICS, EPOCHS, ERRORED, SPACE_KEYS, STATUSES, trial_status
 from spaces import SweepConfig
 
 CONFIG_KEYS = SPACE_KEYS
-HISTORY_KEYS = (EPOCHS, *EPOCH_METRICS, *TEST_METRICS, "timestamp")
+HISTORY_KEYS = (EPOCHS, *EPOCH_METRICS, "timestamp")
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TrialSummary:
     score: float | None  # the sweep metric at the best epoch
     val_loss: float | None
     val_acc: float | None
-    test_loss: float | None = None
+    test_loss: float | None = None  # set by the driver for the trials it evaluates on test (chosen_trials)
     test_acc: float | None = None
     node_id: str | None = None
     error: str | None = None
@@ -61,7 +61,6 @@ def summarize_trial(
     scored = [h for h in history if metric in h and math.isfinite(h[metric])]
     pick = min if mode == "min" else max
     best = pick(scored, key=lambda h: h[metric]) if scored else None
-    last = history[-1] if history else {}
     return TrialSummary(
         trial_id=trial_id,
         status=trial_status(errored, epochs, max_t, unfinished),
@@ -71,8 +70,6 @@ def summarize_trial(
         score=best[metric] if best else None,
         val_loss=best.get("val_loss") if best else None,
         val_acc=best.get("val_acc") if best else None,
-        test_loss=last.get("test_loss"),
-        test_acc=last.get("test_acc"),
         node_id=node_id,
         error=error,
         checkpoint=checkpoint,
@@ -86,21 +83,37 @@ def rank_trials(trials: Sequence[TrialSummary], mode: str) -> list[TrialSummary]
     return sorted(trials, key=lambda t: (t.score is None, sign * (t.score or 0.0)))
 
 
+def group_of(trial: TrialSummary) -> tuple[Any, Any]:
+    return trial.config.get("batch_norm"), trial.config.get("skip")
+
+
+def chosen_trials(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
+    """The trials whose model is evaluated on the test split: the best by validation of each
+    batch_norm × skip group (the overall best among them). `trials` are ranked best first."""
+    chosen: dict[tuple[Any, Any], TrialSummary] = {}
+    for trial in trials:
+        if trial.status != ERRORED and trial.checkpoint and trial.score is not None:
+            chosen.setdefault(group_of(trial), trial)
+    return list(chosen.values())
+
+
 def ablation_rows(trials: Sequence[TrialSummary]) -> list[dict[str, Any]]:
-    """The seed's question for every sweep: per batch_norm × skip, how good did trials get."""
+    """The seed's question for every sweep: per batch_norm × skip, how good did trials get on
+    validation, and the test accuracy of the group's best trial by validation (never the best
+    test accuracy over trials, which would choose by test). `trials` are ranked best first."""
     rows = []
     for bn in (True, False):
         for skip in (True, False):
-            group = [t for t in trials if t.config.get("batch_norm") == bn and t.config.get("skip") == skip
-                     and t.status != "errored"]
+            group = [t for t in trials if group_of(t) == (bn, skip) and t.status != ERRORED]
             val = [t.val_acc for t in group if t.val_acc is not None]
-            test = [t.test_acc for t in group if t.test_acc is not None]
+            best = next((t for t in group if t.score is not None), None)
             rows.append({
                 "batch_norm": bn, "skip": skip, "trials": len(group),
                 "best_val_acc": max(val) if val else None,
                 "mean_val_acc": sum(val) / len(val) if val else None,
-                "best_test_acc": max(test) if test else None,
-                "mean_test_acc": sum(test) / len(test) if test else None,
+                "best_trial": best.trial_id if best else None,
+                "best_trial_val_acc": best.val_acc if best else None,
+                "best_trial_test_acc": best.test_acc if best else None,
             })
     return rows
 
@@ -122,8 +135,8 @@ def top_trials_table(trials: Sequence[TrialSummary], limit: int = 10) -> str:
 
 
 def ablation_table(trials: Sequence[TrialSummary]) -> str:
-    return format_table(ablation_rows(trials), ["batch_norm", "skip", "trials", "best_val_acc",
-                                                "mean_val_acc", "best_test_acc", "mean_test_acc"])
+    return format_table(ablation_rows(trials), ["batch_norm", "skip", "trials", "best_val_acc", "mean_val_acc",
+                                                "best_trial", "best_trial_test_acc"])
 
 
 def results_payload(

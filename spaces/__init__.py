@@ -8,6 +8,7 @@ from spaces._loader import (
     available_sweeps,
     load_sweep,
     resolve_sweep_path,
+    set_value,
     validate_sweep,
 )
 from spaces._schema import SweepConfig
@@ -26,5 +27,6 @@ __all__ = [
     "is_distribution",
     "load_sweep",
     "resolve_sweep_path",
+    "set_value",
     "validate_sweep",
 ]

@@ -85,14 +85,21 @@ def load_sweep(
     sweep: str | Path,
     overrides: Iterable[str] = (),
     *,
+    values: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> SweepConfig:
-    """Read, override and validate a sweep file; the single entry point to `SweepConfig`."""
+    """Read, override and validate a sweep file; the single entry point to `SweepConfig`.
+
+    `overrides` are `--set KEY=VALUE` strings (values parsed as YAML); `values` are typed
+    values by key (the CLI's shortcut flags), applied after them.
+    """
     path = resolve_sweep_path(str(sweep))
     document = read_sweep_document(path)
     document.setdefault("name", path.stem)
     for override in overrides:
         apply_override(document, override)
+    for key, value in (values or {}).items():
+        set_value(document, key, value)
     if name is not None:
         document["name"] = name
     return validate_sweep(document, path)
@@ -150,11 +157,26 @@ def allowed_keys(loc: Iterable[Any]) -> list[str]:
 
 
 def apply_override(document: dict[str, Any], override: str) -> None:
-    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    """Apply one `--set key.path=value` override in place; the value is parsed as YAML."""
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not key:
         raise UserError(f"--set {override}: must be KEY=VALUE, e.g. --set lr=0.01")
+    path = key_path(key)
+    try:
+        value = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})") from None
+    _set(document, path, value)
+
+
+def set_value(document: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key.path` to a typed value in place (a flag's value: no YAML round trip)."""
+    _set(document, key_path(key), value)
+
+
+def key_path(key: str) -> list[str]:
+    """`lr` -> [space, lr], `search.num_samples` -> [search, num_samples]; unknown keys are refused."""
     path = key.split(".")
     if len(path) == 1 and path[0] not in allowed_keys(()):
         if path[0] not in allowed_keys([SHORTHAND_SECTION]):
@@ -169,10 +191,10 @@ def apply_override(document: dict[str, Any], override: str) -> None:
             where = ".".join(path[:depth]) or "the top level"
             known = ", ".join(allowed_keys(path[:depth])) or "none (not a section)"
             raise UserError(f"--set {key}: unknown key '{path[depth]}' in {where}; expected one of: {known}")
-    try:
-        value = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})") from None
+    return path
+
+
+def _set(document: dict[str, Any], path: list[str], value: Any) -> None:
     node = document
     for part in path[:-1]:
         child = node.get(part)

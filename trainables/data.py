@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +104,21 @@ class Split:
 
 @dataclass(frozen=True)
 class Data:
-    """A dataset ready for training: train and validation for the search, test held out."""
+    """A dataset ready for training: train and validation for the search, test held out.
+
+    Trials get it `without_test()`: only the driver evaluates the chosen model on the test split.
+    """
 
     name: str
     train: Split
     val: Split
-    test: Split
+    test: Split | None
     source: str
     sha256: Mapping[str, str] = field(default_factory=dict)
+
+    def without_test(self) -> Data:
+        """The same data with the test split left out (what trials receive)."""
+        return replace(self, test=None)
 
 
 def default_cache_dir(dataset: str) -> Path:

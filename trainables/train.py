@@ -95,6 +95,12 @@ def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> tupl
     return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
+def evaluate_on_test(model: nn.Module, test: Split) -> dict[str, float]:
+    """`test_loss` and `test_acc` of a chosen model: the one evaluation on the test split."""
+    test_loss, test_acc = evaluate(model, as_tensors(test))
+    return {"test_loss": test_loss, "test_acc": test_acc}
+
+
 def as_tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """View a split's arrays as tensors on `device` (no copy on the CPU)."""
     with warnings.catch_warnings():
@@ -139,7 +145,6 @@ class TrainingRun:
         self.generator = torch.Generator().manual_seed(params.seed)
         self.train_split = as_tensors(data.train, self.device)
         self.val_split = as_tensors(data.val, self.device)
-        self.test_split = as_tensors(data.test, self.device)
         self.epoch = 0
         self.best_val_loss = math.inf
         self.best_weights = copy.deepcopy(self.model.state_dict())
@@ -175,10 +180,6 @@ class TrainingRun:
         model.load_state_dict(self.best_weights)
         return model.eval()
 
-    def test(self) -> dict[str, float]:
-        """Test loss and accuracy of the best-validation weights (final evaluation only)."""
-        test_loss, test_acc = evaluate(self.best_model(), self.test_split)
-        return {"test_loss": test_loss, "test_acc": test_acc}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -50,8 +50,6 @@ def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None =
     node_id = ray.get_runtime_context().get_node_id()
     while not run.finished:
         metrics = run.run_epoch()
-        if run.finished:
-            metrics.update(run.test())
         history.append({**metrics, "timestamp": time.time()})
         with tempfile.TemporaryDirectory() as directory:
             torch.save(run.state_dict(), Path(directory) / STATE_FILE)

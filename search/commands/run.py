@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.errors import UserError
+from core.names import ERRORED
+from search.commands.options import DEFAULT_DASHBOARD_HOST, RunOptions, RunSettings, new_settings, resumed_settings
 from search.engine.storage import (
     RESULTS_FILE,
     RUN_FILE,
@@ -24,9 +27,11 @@ from search.engine.storage import (
     local_root,
     resolve_storage,
 )
-from search.report import TrialSummary, ablation_table, results_payload, top_trials_table
-from search.tracking.recorder import ensure_sqlite_store, target_for, ui_command
+from search.report import TrialSummary, ablation_table, chosen_trials, results_payload, top_trials_table
+from search.tracking.recorder import TrackingTarget, ensure_sqlite_store, runs_url, target_for, ui_command
+from search.tracking.replay import SweepEnd
 from spaces import SweepConfig, validate_sweep
+from trainables.data import Data
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +39,6 @@ EXIT_OK = 0
 EXIT_ALL_ERRORED = 1
 EXIT_INTERRUPTED = 130
 FINAL_SYNC_TIMEOUT_S = 180.0
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How this invocation runs the sweep (not what the sweep is: that is SweepConfig)."""
-
-    address: str | None = None
-    run_name: str | None = None
-    resume: bool = False
-    dry_run: bool = False
-    as_json: bool = False
-    dashboard_host: str = "127.0.0.1"
-    tracking_uri: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)  # extra parent-run tags (scheduled ticks)
-    reuse_dir: bool = False  # a folder without Tune state may be taken over (a tick restarted early)
 
 
 @dataclass
@@ -83,8 +73,15 @@ def asha_rungs(config: SweepConfig) -> list[int]:
     return rungs
 
 
-def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, ExperimentDir]:
-    """Pick the experiment folder: a new one, or the interrupted one `--resume` continues."""
+def plan_payload(config: SweepConfig) -> dict[str, Any]:
+    """`--dry-run --json`: the resolved sweep and its budget as one JSON document."""
+    rungs = asha_rungs(config) if config.scheduler.type == "asha" else []
+    return {"dry_run": True, "sweep": config.model_dump(mode="json"), "trials": config.trial_count(),
+            "max_epochs": config.trial_count() * config.epochs, "asha_rungs": rungs}
+
+
+def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, ExperimentDir, RunSettings]:
+    """Pick the experiment folder (a new one, or the one `--resume` continues) and its settings."""
     storage = resolve_storage(config.storage)
     if options.resume:
         run_name = options.run_name or latest_run(storage, config.name)
@@ -94,20 +91,27 @@ def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, 
         saved = experiment.read_json(SWEEP_FILE)
         if saved is None:
             raise UserError(f"nothing to resume at {experiment.uri}: it holds no {SWEEP_FILE}")
-        return validate_sweep(saved, config.source), experiment
+        config = validate_sweep(saved, config.source)
+        saved_settings = RunSettings.from_json(experiment.read_json(RUN_FILE) or {})
+        if saved_settings is not None:
+            return config, experiment, resumed_settings(saved_settings, options, experiment.uri)
+        return config, experiment, new_settings(options, config.mlflow.tracking_uri, local_root(experiment))
     experiment = ExperimentDir(storage, options.run_name or default_run_name(config.name))
     if experiment.exists() and not options.reuse_dir:
         raise UserError(f"{experiment.uri} exists already: continue it with --resume "
                         f"--name {experiment.run_name}, or pick another --name")
-    return config, experiment
+    return config, experiment, new_settings(options, config.mlflow.tracking_uri, local_root(experiment))
 
 
-def run_sweep(config: SweepConfig, options: RunOptions) -> SweepOutcome:
-    """Run (or resume) one sweep end to end; never raises for failed trials."""
+def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | None = None) -> SweepOutcome:
+    """Run (or resume) one sweep end to end; never raises for failed trials.
+
+    `optuna_class` replaces the PRUNED-aware Optuna searcher (benchmarks compare Ray's stock one).
+    """
     if options.dry_run:
         print(plan_text(config))
-        return SweepOutcome(EXIT_OK, {})
-    config, experiment = prepare_run(config, options)
+        return SweepOutcome(EXIT_OK, plan_payload(config))
+    config, experiment, settings = prepare_run(config, options)
     from trainables.data import load_data
 
     data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
@@ -116,47 +120,46 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> SweepOutcome:
         check_writable(experiment.storage)
     from search.engine import cluster
 
-    print(cluster.connect(options.address, options.dashboard_host, quiet=options.as_json), file=sys.stderr)
-    if not (options.address or _env_address()):
+    print(cluster.connect(settings.address, settings.dashboard_host, quiet=options.as_json,
+                          auth_disabled=options.env.ray_auth_disabled), file=sys.stderr)
+    if not settings.address:
         cluster.check_local_resources(config.resources.cpu, config.resources.gpu)
     cluster.check_shared_storage(experiment.storage, experiment.is_remote)
     if not options.resume:
         experiment.write_json(SWEEP_FILE, {**config.model_dump(mode="json"),
                                            "source": str(config.source) if config.source else None})
-        experiment.write_json(RUN_FILE, {"tags": options.tags})
-    return _fit_and_report(config, experiment, data, options)
+    experiment.write_json(RUN_FILE, {"settings": settings.as_json()})
+    return _fit_and_report(config, experiment, data, settings, options, optuna_class)
 
 
-def _env_address() -> str | None:
-    import os
-
-    return os.environ.get("RAY_ADDRESS") or None
-
-
-def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
-                    options: RunOptions) -> SweepOutcome:
+def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, settings: RunSettings,
+                    options: RunOptions, optuna_class: type | None) -> SweepOutcome:
     from ray import tune
 
     from search.engine import cluster
     from search.engine.trials import load_trials
-    from search.engine.tuner import build_tuner, restore_tuner
+    from search.engine.tuner import build_searcher, build_tuner, restore_tuner
 
-    target = target_for(config, experiment.run_name, local_root(experiment), options.tracking_uri)
+    target = target_for(config, experiment.run_name, settings.tracking_uri, local_root(experiment))
     ensure_sqlite_store(target.tracking_uri)
     started = time.time()
+    trial_data = data.without_test()  # trials never see the test split
+    callback = None
     if options.resume and not tune.Tuner.can_restore(experiment.uri):
         print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
               "starting it afresh", file=sys.stderr)
     if options.resume and tune.Tuner.can_restore(experiment.uri):
         print(f"resuming {experiment.uri}", file=sys.stderr)
-        tuner = restore_tuner(config, data, experiment.uri)
+        tuner = restore_tuner(config, trial_data, experiment.uri)
     else:
         slots = config.search.max_concurrent_trials or cluster.slots(config.resources.cpu,
                                                                      config.resources.gpu)
-        tuner = build_tuner(config, data, storage=experiment.storage, run_name=experiment.run_name,
-                            max_concurrent_trials=slots, verbose=0 if options.as_json else 1,
-                            callbacks=[_tracking_callback(config, experiment, target)],
-                            study_storage=None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}")
+        callback = _tracking_callback(config, experiment, target, settings.tags)
+        study = None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}"
+        searcher = build_searcher(config, study, *([optuna_class] if optuna_class else []))
+        tuner = build_tuner(config, trial_data, searcher, storage=experiment.storage,
+                            run_name=experiment.run_name, max_concurrent_trials=slots,
+                            verbose=0 if options.as_json else 1, callbacks=[callback])
     fit_started = time.time()
     grid = tuner.fit()
     fit_seconds = time.time() - fit_started
@@ -164,59 +167,75 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Any,
     snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
                                                             time.time() - started)
-    best = None if interrupted else _best_with_test(snapshot.trials, config, data)
+    models = {} if interrupted else evaluate_chosen(snapshot.trials, config, data)
+    best = None if interrupted else best_record(snapshot.trials)
     extra = {"fit_started_at": fit_started, "fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
+             "settings": settings.as_json(),
              "mlflow": {"tracking_uri": target.tracking_uri, "experiment": target.experiment,
                         "ui_command": ui_command(target.tracking_uri)}}
     payload = results_payload(config, experiment.run_name, snapshot.trials, best,
                               status="interrupted" if interrupted else "finished",
                               wall_seconds=time.time() - started, extra=extra)
-    experiment.write_json(RESULTS_FILE, payload)
-    payload["mlflow"].update(_sync_mlflow(config, experiment, target, snapshot))
+    experiment.write_json(RESULTS_FILE, payload)  # on disk before MLflow is told: a crash loses nothing
+    end = SweepEnd(results=payload, tags=settings.tags, best_model=models.get(best["trial_id"]) if best else None,
+                   recorder=callback.recorder if callback is not None else None)
+    payload["mlflow"].update(_sync_mlflow(config, experiment, target, snapshot, end))
     experiment.write_json(RESULTS_FILE, payload)
     if interrupted:
         print(f"\ninterrupted: state saved in {experiment.uri}\nresume with: "
-              f"{resume_command(config, experiment)}", file=sys.stderr)
+              f"{resume_command(config, experiment, settings)}", file=sys.stderr)
         return SweepOutcome(EXIT_INTERRUPTED, payload)
     _print_summary(snapshot.trials, best, payload, experiment)
-    if snapshot.trials and all(t.status == "errored" for t in snapshot.trials):
+    if snapshot.trials and all(t.status == ERRORED for t in snapshot.trials):
         return SweepOutcome(EXIT_ALL_ERRORED, payload)
     return SweepOutcome(EXIT_OK, payload)
 
 
-def resume_command(config: SweepConfig, experiment: ExperimentDir) -> str:
-    """The exact command that continues this run."""
+def resume_command(config: SweepConfig, experiment: ExperimentDir, settings: RunSettings) -> str:
+    """The exact command that continues this run, wherever it is started from.
+
+    Storage is always named (the run is found there); the tracking URI, address and
+    dashboard host are saved with the run, and named too so that the command says it all.
+    """
     from spaces import SPACES_DIR
 
     shipped = config.source is None or Path(config.source).resolve().parent == SPACES_DIR
     sweep = config.name if shipped else str(config.source)
-    storage = "" if experiment.storage == resolve_storage("runs") else f" --storage {experiment.storage}"
-    return f"tune run {sweep} --name {experiment.run_name}{storage} --resume"
+    parts = ["tune run", shlex.quote(sweep), "--name", shlex.quote(experiment.run_name),
+             "--storage", shlex.quote(experiment.storage), "--tracking-uri", shlex.quote(settings.tracking_uri)]
+    if settings.address:
+        parts += ["--address", shlex.quote(settings.address)]
+    if settings.dashboard_host != DEFAULT_DASHBOARD_HOST:
+        parts += ["--dashboard-host", shlex.quote(settings.dashboard_host)]
+    return " ".join([*parts, "--resume"])
 
 
-def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: Any) -> Any:
+def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: TrackingTarget,
+                       tags: dict[str, str]) -> Any:
     import tempfile
 
     from search.tracking.callback import MlflowCallback
     from search.tracking.replay import parent_setup
 
     staging = Path(tempfile.mkdtemp(prefix="sweep-parent-"))
-    tags, params, artifacts = parent_setup(config, experiment, staging)
-    return MlflowCallback(target, experiment, config.scheduler.max_t, tags, params, artifacts)
+    parent_tags, params, artifacts = parent_setup(config, tags, staging)
+    return MlflowCallback(target, experiment, config.scheduler.max_t, parent_tags, params, artifacts)
 
 
-def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: Any, snapshot: Any) -> dict:
-    """Fill in MLflow from Tune storage and finalise; never fails the sweep."""
+def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: TrackingTarget, snapshot: Any,
+                 end: SweepEnd) -> dict:
+    """Fill in MLflow from the trials in memory and finalise; never fails the sweep."""
     from search.tracking.replay import sync_sweep
 
     try:
-        report = sync_sweep(config, experiment, target, snapshot, timeout_s=FINAL_SYNC_TIMEOUT_S)
+        report = sync_sweep(config, experiment, target, snapshot, end, timeout_s=FINAL_SYNC_TIMEOUT_S)
     except Exception as err:
         log.warning("mlflow: could not bring %s up to date (%s: %s); the results are safe in %s; "
                     "replay them with: tune sync-mlflow %s", target.tracking_uri, type(err).__name__,
                     " ".join(str(err).split())[:200], experiment.uri, experiment.uri)
         return {"synced": False}
-    return {"synced": True, "parent_run_id": report.parent_run_id,
+    return {"synced": True, "parent_run_id": report.parent_run_id, "experiment_id": report.experiment_id,
+            "runs_url": runs_url(target.tracking_uri, report.experiment_id),
             "registered_model": config.mlflow.registered_model or config.name,
             "registered_version": report.registered}
 
@@ -227,22 +246,31 @@ def _stopped_short(config: SweepConfig, trials_started: int, elapsed_s: float) -
     return trials_started < config.trial_count() and not (budget and elapsed_s >= budget)
 
 
-def _best_with_test(trials: list[TrialSummary], config: SweepConfig, data: Any) -> dict[str, Any] | None:
-    """The best trial, its test metrics measured here from its best-validation weights."""
-    from trainables.train import as_tensors, evaluate
+def evaluate_chosen(trials: list[TrialSummary], config: SweepConfig, data: Data) -> dict[str, Any]:
+    """The one evaluation on the test split: the best trial by validation, and the best of each
+    batch_norm × skip group; their test metrics go into their summaries. Returns the models by trial."""
+    from trainables.train import evaluate_on_test
     from trainables.trainable import load_checkpoint_model
 
-    best = next((t for t in trials if t.status != "errored" and t.checkpoint), None)
+    models = {}
+    for trial in chosen_trials(trials):
+        with _checkpoint_dir(trial.checkpoint) as directory:
+            model = load_checkpoint_model(directory, {**trial.config, "epochs": config.epochs})
+        metrics = evaluate_on_test(model, data.test)
+        trial.test_loss, trial.test_acc = metrics["test_loss"], metrics["test_acc"]
+        models[trial.trial_id] = model
+    return models
+
+
+def best_record(trials: list[TrialSummary]) -> dict[str, Any] | None:
+    """results.json's `best`: the best trial by validation, with its test metrics."""
+    best = next((t for t in trials if t.status != ERRORED and t.checkpoint), None)
     if best is None:
         return None
-    with _checkpoint_dir(best.checkpoint) as directory:
-        model = load_checkpoint_model(directory, {**best.config, "epochs": config.epochs})
-    test_loss, test_acc = evaluate(model, as_tensors(data.test))
-    best.test_loss, best.test_acc = test_loss, test_acc
     return {"trial_id": best.trial_id, "config": best.config, "epoch": best.best_epoch,
             "epochs": best.epochs, "status": best.status, "score": best.score,
             "val_loss": best.val_loss, "val_acc": best.val_acc,
-            "test_loss": test_loss, "test_acc": test_acc, "checkpoint": best.checkpoint}
+            "test_loss": best.test_loss, "test_acc": best.test_acc, "checkpoint": best.checkpoint}
 
 
 def _checkpoint_dir(path: str):  # type: ignore[no-untyped-def]
@@ -258,7 +286,7 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
     print(f"\n{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} "
           f"stopped early, {counts['errored']} errored", file=out)
     print(top_trials_table(trials), file=out)
-    print("\nbatch norm × skip:", file=out)
+    print("\nbatch norm × skip (validation; test_acc of each group's best trial by validation):", file=out)
     print(ablation_table(trials), file=out)
     if best:
         print(f"\nbest trial {best['trial_id']}: {payload['metric']} {best['score']:.4f} at epoch "
@@ -270,3 +298,5 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
         print(f"model: models:/{mlflow['registered_model']}@best (version {mlflow['registered_version']})",
               file=out)
     print(f"open the MLflow UI: {mlflow['ui_command']}", file=out)
+    if mlflow.get("runs_url"):
+        print(f"compare the trials: {mlflow['runs_url']}", file=out)

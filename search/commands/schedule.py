@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import UserError
-from search.commands.run import EXIT_INTERRUPTED, RunOptions, run_sweep
+from search.commands.options import RunOptions
+from search.commands.run import EXIT_INTERRUPTED, run_sweep
 from search.engine.storage import is_uri, resolve_storage
 from spaces import SweepConfig
 
@@ -39,8 +40,7 @@ class ScheduleOptions:
     max_runs: int | None = None
     catch_up: bool = False
     once: bool = False
-    address: str | None = None
-    tracking_uri: str | None = None
+    run: RunOptions = field(default_factory=RunOptions)  # every tick's `tune run` options (address, store, env)
 
 
 def parse_cron(expression: str, tz: str) -> tuple[str, bool, ZoneInfo]:
@@ -266,9 +266,8 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     log.info("schedule %s: %s tick %s as %s", config.name, "resuming" if resume else "running",
              tick.isoformat(), run_name)
     schedule.write_tick(tick, status="running", run_name=run_name, started=_now().isoformat())
-    outcome = run_sweep(config, RunOptions(
-        address=options.address, run_name=run_name, resume=resume, reuse_dir=True,
-        tracking_uri=options.tracking_uri,
+    outcome = run_sweep(config, options.run.with_changes(
+        run_name=run_name, resume=resume, reuse_dir=True,
         tags={"schedule": config.name, "tick": tick.isoformat()}))
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
     best = (outcome.payload.get("best") or {}) if outcome.payload else {}

@@ -9,7 +9,7 @@ import torch
 
 from spaces import SweepConfig
 from trainables.data import load_data
-from trainables.train import TrainingRun, TrainParams
+from trainables.train import TrainingRun, TrainParams, evaluate_on_test
 
 
 def trial_params(config: SweepConfig) -> tuple[TrainParams, list[str]]:
@@ -53,7 +53,7 @@ def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool =
             metrics = run.run_epoch(progress=bar.update)
         history.append(metrics)
         print(format_epoch(metrics, params.epochs), file=err)
-    final = {**history[-1], **run.test()}
+    final = {**history[-1], **evaluate_on_test(run.best_model(), data.test)}
     print(f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f} "
           f"(weights of the best val_loss, epoch {_best_epoch(history)})", file=err)
     return {"config": params.as_dict(), "dataset": data.name, "metrics": final, "history": history}

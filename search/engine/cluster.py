@@ -12,27 +12,26 @@ from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
 LOCAL_HOST = "127.0.0.1"
 SHARED_STORAGE_PROBE_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 
 
-def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False) -> str:
-    """Start a local Ray or connect to `address` (flag, then `RAY_ADDRESS`).
+def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False,
+            auth_disabled: bool = False) -> str:
+    """Start a local Ray (no `address`) or connect to `address` (the flag, else `RAY_ADDRESS`).
 
     Ray 2.60 turns token authentication on for a local cluster and, when connecting,
     uses the token in `RAY_AUTH_TOKEN` or `~/.ray/auth_token`; we leave that on and
-    only warn when someone turned it off. Returns a description of the cluster.
+    only warn when someone turned it off (`auth_disabled`: RAY_AUTH_MODE=disabled).
+    Returns a description of the cluster.
     """
     import ray
 
     if ray.is_initialized():  # a scheduler's later ticks reuse the connection
         return describe_cluster(address)
-    if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
-        log.warning("warning: %s=disabled: anyone who can reach this cluster can run code on it",
-                    AUTH_MODE_ENV)
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    if auth_disabled:
+        log.warning("warning: RAY_AUTH_MODE=disabled: anyone who can reach this cluster can run code on it")
     kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     try:
         if address:

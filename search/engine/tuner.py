@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from search.engine.optuna_bridge import BudgetAwareOptunaSearch, open_storage
 from spaces import SweepConfig, is_distribution
@@ -33,12 +35,15 @@ def tpe_startup_trials(num_samples: int) -> int:
     return max(3, min(10, num_samples // 4))
 
 
-def build_searcher(config: SweepConfig, default_storage: str | None = None) -> Searcher | SearchAlgorithm:
+def build_searcher(config: SweepConfig, default_storage: str | None = None,
+                   optuna_class: type[OptunaSearch] = BudgetAwareOptunaSearch) -> Searcher | SearchAlgorithm:
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
-    The study lives in `search.storage` when the sweep names one, else in
-    `default_storage` (a journal file beside the Tune experiment), else in memory. A space
-    with nothing to search repeats its one configuration `num_samples` times.
+    `optuna_class` is the Tune searcher that wraps the study (benchmarks compare Ray's stock
+    `OptunaSearch`); it takes `max_t` besides OptunaSearch's arguments. The study lives in
+    `search.storage` when the sweep names one, else in `default_storage` (a journal file beside
+    the Tune experiment), else in memory. A space with nothing to search repeats its one
+    configuration `num_samples` times.
     """
     search = config.search
     if search.algorithm == "optuna" and config.space.searched():
@@ -50,7 +55,7 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None) -> S
             multivariate=True,
             constant_liar=True,  # parallel trials are not proposed on top of each other
         )
-        return BudgetAwareOptunaSearch(
+        return optuna_class(
             metric=config.metric,
             mode=config.mode,
             sampler=sampler,
@@ -86,15 +91,19 @@ def build_trainable(config: SweepConfig, data: Data, experiment_uri: str) -> Any
 def build_tuner(
     config: SweepConfig,
     data: Data,
+    searcher: Searcher | SearchAlgorithm,
     *,
     storage: str,
     run_name: str,
     max_concurrent_trials: int,
     callbacks: Sequence[tune.Callback] = (),
     verbose: int = 1,
-    study_storage: str | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner for `config`, writing to `<storage>/<run_name>`."""
+    """A fresh Tuner for `config` with `searcher` (see `build_searcher`), writing to `<storage>/<run_name>`.
+
+    Tune's JSON and CSV loggers are named here: the CLI turns Tune's automatic loggers off
+    (no TensorBoard), and `result.json` is what trials are read back from.
+    """
     search = config.search
     return tune.Tuner(
         build_trainable(config, data, f"{storage}/{run_name}"),
@@ -102,7 +111,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
-            search_alg=build_searcher(config, study_storage),
+            search_alg=searcher,
             scheduler=build_scheduler(config),
             num_samples=search.num_samples,
             max_concurrent_trials=max_concurrent_trials,
@@ -112,7 +121,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage,
-            callbacks=list(callbacks),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
             verbose=verbose,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

@@ -12,7 +12,7 @@ from ray import tune
 from core.names import trial_status
 from search.engine.storage import ExperimentDir
 from search.tracking.recorder import TRACKED_METRICS, MlflowRecorder, TrackingTarget, now_ms
-from search.tracking.writer import BufferedWriter, quiet_mlflow_http_retries
+from search.tracking.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,15 @@ class MlflowCallback(tune.Callback):
         self._writer = self._recorder = None
 
     def setup(self, **info: Any) -> None:
-        quiet_mlflow_http_retries()
         self._writer = BufferedWriter()
         self._recorder = MlflowRecorder(self.target, self.experiment_dir)
         self._submit("open the sweep's parent run", self._recorder.attach_parent,
                      self.parent_tags, self.parent_params, self.parent_artifacts)
+
+    @property
+    def recorder(self) -> MlflowRecorder | None:
+        """The recorder of this process's run (its parent and child run ids), once set up."""
+        return self._recorder
 
     def _submit(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         self._writer.submit(what, partial(fn, *args, **kwargs))

@@ -34,6 +34,7 @@ STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MAX_BATCH = 1000
+DEFAULT_STORE_FILE = "mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -46,22 +47,15 @@ class TrackingTarget:
     artifact_location: str | None = None
 
 
-def default_tracking_uri(config: SweepConfig, local_root: Path) -> str:
-    """The sweep's `mlflow.tracking_uri`, else `MLFLOW_TRACKING_URI`, else SQLite in the output folder."""
-    import os
-
-    if config.mlflow.tracking_uri:
-        return config.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{local_root / 'mlflow.db'}"
+def default_tracking_uri(local_root: Path) -> str:
+    """The embedded SQLite store beside the results (`<storage>/mlflow.db`, or ./runs for a cloud URI)."""
+    return f"sqlite:///{local_root / DEFAULT_STORE_FILE}"
 
 
-def target_for(config: SweepConfig, run_name: str, local_root: Path, tracking_uri: str | None = None
-               ) -> TrackingTarget:
-    uri = tracking_uri or default_tracking_uri(config, local_root)
-    artifacts = (local_root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return TrackingTarget(uri, config.mlflow.experiment or config.name, run_name, artifacts)
+def target_for(config: SweepConfig, run_name: str, tracking_uri: str, local_root: Path) -> TrackingTarget:
+    """Where a run is tracked; a SQLite store keeps its artifacts in `mlartifacts/` beside the results."""
+    artifacts = (local_root / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
+    return TrackingTarget(tracking_uri, config.mlflow.experiment or config.name, run_name, artifacts)
 
 
 def ensure_sqlite_store(tracking_uri: str) -> None:
@@ -85,11 +79,22 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
     os.replace(partial, path)
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"
+
+
 def ui_command(tracking_uri: str) -> str:
     """The exact command that opens the MLflow UI on this store (bound to loopback)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def runs_url(tracking_uri: str, experiment_id: str | None) -> str | None:
+    """The UI page that lists a sweep's runs (MLflow 3 otherwise opens on its GenAI overview)."""
+    if experiment_id is None:
+        return None
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 class MlflowRecorder:
@@ -107,20 +112,22 @@ class MlflowRecorder:
         self._configs: dict[str, dict[str, Any]] = {}
         self._started_ms: dict[str, int] = {}
         self._last_epoch: dict[str, int] = {}
+        self._ids: dict[str, Any] | None = None  # the ids file as read once, then kept in memory
 
-    # --- ids kept beside the Tune experiment ---------------------------------
+    # --- ids kept beside the Tune experiment (for the next process) -----------
 
     def _recorded(self) -> dict[str, Any]:
-        stores = (self._experiment_dir.read_json(MLFLOW_IDS_FILE) or {}).get("stores", {})
-        return stores.get(self.target.tracking_uri, {})
+        if self._ids is None:
+            self._ids = self._experiment_dir.read_json(MLFLOW_IDS_FILE) or {"stores": {}}
+        return self._ids["stores"].get(self.target.tracking_uri, {})
 
     def _save_ids(self) -> None:
-        document = self._experiment_dir.read_json(MLFLOW_IDS_FILE) or {"stores": {}}
-        document["stores"][self.target.tracking_uri] = {
+        self._recorded()
+        self._ids["stores"][self.target.tracking_uri] = {
             "experiment_id": self.experiment_id, "parent_run_id": self.parent_id,
             "children": self.children,
         }
-        self._experiment_dir.write_json(MLFLOW_IDS_FILE, document)
+        self._experiment_dir.write_json(MLFLOW_IDS_FILE, self._ids)
 
     # --- parent ---------------------------------------------------------------
 

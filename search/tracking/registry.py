@@ -1,13 +1,21 @@
-"""The best model of a sweep: logged with a signature, registered, and given an alias."""
+"""The best model of a sweep: logged without pickle, registered, and given an alias.
+
+A registered version holds the network twice, neither of which runs pickled code on load:
+- MLflow's `pytorch` flavor in the `pt2` format (`torch.export`): `mlflow.pytorch.load_model`
+  gives the exported graph, which predicts as the network does in eval mode;
+- the weights as safetensors beside the trial's config (`extra_files/`): `load_model` below
+  rebuilds the seed network from them, an `nn.Module` in eval mode that can be fine-tuned.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +24,9 @@ log = logging.getLogger(__name__)
 
 BEST_ALIAS = "best"
 MODEL_NAME = "model"
-CODE_DIR = Path(__file__).resolve().parent.parent / "trainables"
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "trial_config.json"
+EXAMPLE_BATCH = 2  # torch.export fixes a batch dimension of 1; 2 keeps it dynamic
 
 
 @dataclass(frozen=True)
@@ -28,61 +38,69 @@ class RegisteredModel:
 
 def model_requirements() -> list[str]:
     """Pinned pip requirements of a logged model (inferring them would reload the model)."""
-    import cloudpickle
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-            f"cloudpickle=={cloudpickle.__version__}"]
-
-
-@contextmanager
-def _global_tracking_uri(tracking_uri: str) -> Iterator[None]:
-    """MLflow's model logging reads the global tracking URI; set it for the call only.
-
-    Left set, it would leak into MLFLOW_TRACKING_URI and so into the next sweep of this process.
-    """
-    import mlflow
-
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
 
 
 def log_and_register(
     tracking_uri: str,
     run_id: str,
     model: torch.nn.Module,
+    config: Mapping[str, Any],
     registered_name: str,
-    tags: Mapping[str, str],
-    example: np.ndarray | None = None,
+    tags: Mapping[str, Any],
     alias: str = BEST_ALIAS,
 ) -> RegisteredModel:
-    """Log `model` in run `run_id`, register a new version of `registered_name`, point `alias` at it."""
+    """Log `model` (built from trial `config`) in run `run_id`, register a new version, point `alias` at it."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from safetensors.torch import save_file
 
-    example = example if example is not None else np.zeros((1, 1, 28, 28), dtype=np.float32)
+    example = np.zeros((EXAMPLE_BATCH, 1, 28, 28), dtype=np.float32)
     model = model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
-    with _global_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name=MODEL_NAME,
-            signature=infer_signature(example, logits),
-            input_example=example,
-            registered_model_name=registered_name,
-            pip_requirements=model_requirements(),
-            code_paths=[str(CODE_DIR)],
-            # A plain nn.Module on load (eval(), train(), fine-tuning); the pt2 export is a frozen graph.
-            serialization_format="pickle",
-        )
+    with tempfile.TemporaryDirectory() as staging:
+        weights, config_file = Path(staging) / WEIGHTS_FILE, Path(staging) / CONFIG_FILE
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        config_file.write_text(json.dumps(dict(config), default=str))
+        # MLflow's model logging reads the global tracking URI; it is set for this call only,
+        # so it cannot leak into the next sweep of this process.
+        with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_NAME,
+                signature=infer_signature(example, logits),
+                input_example=example,
+                registered_model_name=registered_name,
+                pip_requirements=model_requirements(),
+                serialization_format="pt2",
+                extra_files=[str(weights), str(config_file)],
+            )
     client = mlflow.tracking.MlflowClient(tracking_uri)
     version = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(registered_name, version, key, str(value))
     client.set_registered_model_alias(registered_name, alias, version)
     return RegisteredModel(registered_name, version, f"models:/{registered_name}@{alias}")
+
+
+def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Module:
+    """The registered network as an `nn.Module` in eval mode, rebuilt from its safetensors weights.
+
+    `model_uri` is e.g. `models:/quick@best`; nothing pickled is read.
+    """
+    import mlflow
+    from safetensors.torch import load_file
+
+    from trainables.train import TrainParams, build_model
+
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=staging,
+                                                          tracking_uri=tracking_uri)) / "extra_files"
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        state = load_file(str(folder / WEIGHTS_FILE))
+    model = build_model(TrainParams.from_config(config))
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,8 +1,9 @@
-"""Bring MLflow up to date with a sweep run in Tune storage, then record its end.
+"""Bring MLflow up to date with a sweep run, then record its end.
 
-Used at the end of every `tune run` (so writes lost to an outage are filled in) and
-by `tune sync-mlflow` (to replay a sweep into a store that was down, or a new one).
-Every step is idempotent: running it twice changes nothing the second time.
+Used at the end of every `tune run`, with what the run holds in memory (`SweepEnd`), so
+writes lost to an outage are filled in; and by `tune sync-mlflow`, which reads the same
+from Tune storage in a later process, to replay a sweep into a store that was down, or a
+new one. Every step is idempotent: running it twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from search.engine.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, Experiment
 from search.engine.trials import TrialsSnapshot
 from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
 from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
-from search.tracking.writer import call_with_retry, quiet_mlflow_http_retries
+from search.tracking.writer import call_with_retry
 from spaces import SweepConfig
 from trainables.data import DATASETS, TRAIN_FILES
 
@@ -33,30 +34,35 @@ VERSION_TAG = "registered_model_version"
 @dataclass
 class SyncReport:
     parent_run_id: str
+    experiment_id: str
     children: int
     epochs_added: int
     registered: str | None = None
 
 
-def run_tags(experiment: ExperimentDir) -> dict[str, str]:
-    """Tags this invocation gave the run (a scheduled tick's `schedule` and `tick`)."""
-    return (experiment.read_json(RUN_FILE) or {}).get("tags", {})
+@dataclass
+class SweepEnd:
+    """How a sweep run ended: results.json's payload, the run's tags and, in the process that ran
+    it, the best model and the recorder that tracked it (a replay finds both again)."""
+
+    results: dict[str, Any] | None
+    tags: dict[str, str] = field(default_factory=dict)
+    best_model: Any = None
+    recorder: MlflowRecorder | None = None
 
 
-def parent_setup(config: SweepConfig, experiment: ExperimentDir, staging: Path
+def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
                  ) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
-    """Tags, params and artifacts of a sweep's parent run."""
+    """Tags, params and artifacts of a sweep's parent run: the resolved sweep and its file."""
     spec = DATASETS[config.data.dataset]
-    tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **run_tags(experiment)}
-    artifacts = []
-    saved = experiment.read_json(SWEEP_FILE)
-    if saved is not None:
-        resolved = staging / SWEEP_FILE
-        resolved.write_text(_json(saved))
-        artifacts.append((str(resolved), "sweep"))
+    parent_tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **tags}
+    resolved = staging / SWEEP_FILE
+    resolved.write_text(_json({**config.model_dump(mode="json"),
+                               "source": str(config.source) if config.source else None}))
+    artifacts = [(str(resolved), "sweep")]
     if config.source and Path(config.source).is_file():
         artifacts.append((str(config.source), "sweep"))
-    return tags, sweep_params(config), artifacts
+    return parent_tags, sweep_params(config), artifacts
 
 
 def _json(payload: Any) -> str:
@@ -70,22 +76,23 @@ def sync_sweep(
     experiment: ExperimentDir,
     target: TrackingTarget,
     snapshot: TrialsSnapshot,
+    end: SweepEnd,
     *,
     timeout_s: float,
 ) -> SyncReport:
     """Make MLflow hold the parent run, every trial's child run, status and epochs; finalise if done."""
-    quiet_mlflow_http_retries()
     ensure_sqlite_store(target.tracking_uri)
     deadline = time.monotonic() + timeout_s
-    recorder = MlflowRecorder(target, experiment)
+    recorder = end.recorder if end.recorder is not None and end.recorder.target == target else None
+    recorder = recorder or MlflowRecorder(target, experiment)
 
     def retry(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return call_with_retry(lambda: fn(*args), what, deadline)
 
     with tempfile.TemporaryDirectory() as staging:
-        tags, params, artifacts = parent_setup(config, experiment, Path(staging))
+        tags, params, artifacts = parent_setup(config, end.tags, Path(staging))
         retry("open the parent run", recorder.attach_parent, tags, params, artifacts)
-    results = experiment.read_json(RESULTS_FILE)
+    results = end.results
     finished = results is not None and results.get("status") == "finished"
     added = 0
     for trial in snapshot.trials:
@@ -101,12 +108,12 @@ def sync_sweep(
         if status != "unfinished":
             retry(f"close the run of {trial.trial_id}", recorder.finish_child, trial.trial_id,
                   status, trial.error, ended_ms)
-    report = SyncReport(recorder.parent_id, len(snapshot.trials), added)
+    report = SyncReport(recorder.parent_id, recorder.experiment_id, len(snapshot.trials), added)
     if not finished:
         retry("mark the parent run", recorder.set_parent_status, "KILLED")
         return report
     report.registered = retry("finalise the parent run", finalize_parent, recorder, config,
-                              snapshot.trials, results, run_tags(experiment))
+                              snapshot.trials, end)
     return report
 
 
@@ -121,16 +128,18 @@ def _trial_times(trial: TrialSummary) -> tuple[int | None, int | None]:
 
 
 def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Sequence[TrialSummary],
-                    results: dict[str, Any], tags: dict[str, str]) -> str | None:
-    """Best metrics, summary artifacts and the registered best model, once per parent run.
-
-    A scheduled tick (tag `schedule`) also lets its model challenge the `champion`.
+                    end: SweepEnd) -> str | None:
+    """Test metrics of the evaluated trials, best metrics, summary artifacts and the registered best
+    model, once per parent run. A scheduled tick (tag `schedule`) also lets its model challenge the
+    `champion`.
     """
     client, parent = recorder.client, recorder.parent_id
     existing = client.get_run(parent).data.tags
     if existing.get(FINALIZED_TAG) == "true":
         return existing.get(VERSION_TAG)
+    results, tags = end.results, end.tags
     best = results.get("best")
+    _log_test_metrics(recorder, trials)
     _log_summary_metrics(recorder, results)
     with tempfile.TemporaryDirectory() as staging:
         folder = Path(staging)
@@ -145,7 +154,7 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     version = existing.get(VERSION_TAG)
     model_name = config.mlflow.registered_model or config.name
     if best and best.get("checkpoint") and version is None:
-        version = _register_best(recorder, config, best).version
+        version = _register_best(recorder, config, best, end.best_model).version
         client.set_tag(parent, "registered_model", model_name)
         client.set_tag(parent, VERSION_TAG, version)
     if version is not None and tags.get("schedule"):
@@ -160,6 +169,20 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     client.set_tag(parent, FINALIZED_TAG, "true")
     client.set_terminated(parent, status="FINISHED")
     return version
+
+
+def _log_test_metrics(recorder: MlflowRecorder, trials: Sequence[TrialSummary]) -> None:
+    """The test metrics the driver measured, on the child runs of the trials it evaluated."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    for trial in trials:
+        if trial.test_acc is None or trial.trial_id not in recorder.children:
+            continue
+        step = trial.best_epoch or trial.epochs
+        metrics = [Metric(key, float(value), now, step) for key, value in
+                   (("test_loss", trial.test_loss), ("test_acc", trial.test_acc)) if value is not None]
+        recorder.client.log_batch(recorder.children[trial.trial_id], metrics=metrics)
 
 
 def _log_summary_metrics(recorder: MlflowRecorder, results: dict[str, Any]) -> None:
@@ -191,27 +214,38 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
         writer.writerows(rows)
 
 
-def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from ray import tune
-
+def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any],
+                   model: Any = None):  # type: ignore[no-untyped-def]
+    """Register the best trial's model: the one in memory, else the one in its checkpoint."""
     from search.tracking.registry import log_and_register
-    from trainables.trainable import load_checkpoint_model
 
-    with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
-        model = load_checkpoint_model(directory, {**best["config"], "epochs": config.epochs})
+    trial_config = {**best["config"], "epochs": config.epochs}
+    if model is None:
+        from ray import tune
+
+        from trainables.trainable import load_checkpoint_model
+
+        with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
+            model = load_checkpoint_model(directory, trial_config)
     tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
             config.metric: best.get("score"), "val_acc": best.get("val_acc"),
             "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
-    return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model,
+    return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, trial_config,
                             config.mlflow.registered_model or config.name, tags)
 
 
-def sync_experiment(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> SyncReport:
-    """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow."""
+def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_uri: str | None,
+                    timeout_s: float) -> SyncReport:
+    """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow.
+
+    The store is `tracking_uri` when given, else the one the run was started with (saved in
+    run.json); a run saved before that was recorded falls back to the sweep's store, then
+    `env_tracking_uri`, then SQLite beside the results.
+    """
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
     from search.engine.trials import load_trials
-    from search.tracking.recorder import target_for
+    from search.tracking.recorder import default_tracking_uri, target_for
     from spaces import validate_sweep
 
     uri = resolve_storage(experiment_dir)
@@ -222,6 +256,21 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, timeout_s: fl
         raise UserError(f"{experiment_dir}: not a sweep run folder (no {SWEEP_FILE})")
     source = saved.pop("source", None)
     config = validate_sweep(saved, Path(source) if source else None)
-    target = target_for(config, run_name, local_root(experiment), tracking_uri)
+    run = experiment.read_json(RUN_FILE) or {}
+    settings = run.get("settings") or {}
+    store = (tracking_uri or settings.get("tracking_uri") or config.mlflow.tracking_uri or env_tracking_uri
+             or default_tracking_uri(local_root(experiment)))
+    target = target_for(config, run_name, store, local_root(experiment))
     snapshot = load_trials(experiment.uri, config)
-    return sync_sweep(config, experiment, target, snapshot, timeout_s=timeout_s)
+    results = experiment.read_json(RESULTS_FILE)
+    _restore_test_metrics(snapshot.trials, results)
+    end = SweepEnd(results=results, tags=settings.get("tags") or run.get("tags") or {})
+    return sync_sweep(config, experiment, target, snapshot, end, timeout_s=timeout_s)
+
+
+def _restore_test_metrics(trials: Sequence[TrialSummary], results: dict[str, Any] | None) -> None:
+    """The test metrics the driver measured at the end of the run, as results.json recorded them."""
+    recorded = {t["trial_id"]: t for t in (results or {}).get("trials", [])}
+    for trial in trials:
+        saved = recorded.get(trial.trial_id, {})
+        trial.test_loss, trial.test_acc = saved.get("test_loss"), saved.get("test_acc")

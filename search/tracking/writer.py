@@ -10,7 +10,6 @@ is logged and dropped.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -21,13 +20,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
-HTTP_TIMEOUT_S = "15"
-
-
-def quiet_mlflow_http_retries() -> None:
-    """Let this module own retries: MLflow's own (7 tries, minutes of backoff) would block a call."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S)
 
 
 def is_permanent(err: BaseException) -> bool:

@@ -7,7 +7,15 @@ import copy
 import pytest
 import torch
 
-from trainables.train import TrainingRun, TrainParams, build_model, build_optimizer
+from trainables.train import (
+    TrainingRun,
+    TrainParams,
+    as_tensors,
+    build_model,
+    build_optimizer,
+    evaluate,
+    evaluate_on_test,
+)
 
 PARAMS = TrainParams(batch_norm=True, skip=True, lr=2e-3, batch_size=64, epochs=2, dropout=0.2, seed=3)
 
@@ -45,13 +53,24 @@ def test_resuming_from_a_state_dict_continues_exactly(small_data):
 
 
 def test_test_metrics_come_from_the_best_validation_weights(small_data):
-    run, history = run_epochs(small_data, PARAMS, 2)
+    run, history = run_epochs(small_data, PARAMS, 3)
     best = min(history, key=lambda m: m["val_loss"])
     assert run.best_val_loss == best["val_loss"]
     model = run.best_model()
     for key, value in run.best_weights.items():
         assert torch.equal(model.state_dict()[key], value)
-    assert set(run.test()) == {"test_loss", "test_acc"}
+    reported = evaluate_on_test(model, small_data.test)
+    # The checkpoint's best-validation weights, loaded into a fresh network, give the same numbers.
+    checkpointed = build_model(PARAMS)
+    checkpointed.load_state_dict(run.state_dict()["best_weights"])
+    loss, accuracy = evaluate(checkpointed, as_tensors(small_data.test))
+    assert reported == {"test_loss": loss, "test_acc": accuracy}
+
+
+def test_a_training_run_never_holds_the_test_split(small_data):
+    run = TrainingRun(PARAMS, small_data.without_test())
+    assert run.run_epoch()["epoch"] == 1
+    assert not any("test" in name for name in vars(run))
 
 
 def test_l2_is_adam_weight_decay():
