@@ -28,7 +28,14 @@ from search.engine.storage import (
     resolve_storage,
 )
 from search.report import TrialSummary, ablation_table, chosen_trials, results_payload, top_trials_table
-from search.tracking.recorder import TrackingTarget, ensure_sqlite_store, runs_url, target_for, ui_command
+from search.tracking.recorder import (
+    TrackingTarget,
+    default_tracking_uri,
+    ensure_sqlite_store,
+    runs_url,
+    target_for,
+    ui_command,
+)
 from search.tracking.replay import SweepEnd
 from spaces import SweepConfig, validate_sweep
 from trainables.data import Data
@@ -192,17 +199,20 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, 
 
 
 def resume_command(config: SweepConfig, experiment: ExperimentDir, settings: RunSettings) -> str:
-    """The exact command that continues this run, wherever it is started from.
+    """The exact command that continues this run, from any folder.
 
-    Storage is always named (the run is found there); the tracking URI, address and
-    dashboard host are saved with the run, and named too so that the command says it all.
+    Storage is always named (the run is found there). The tracking URI, address and dashboard
+    host are saved with the run, so `--resume` uses them anyway; those that differ from the
+    defaults are named too, so that the command says where everything goes.
     """
     from spaces import SPACES_DIR
 
     shipped = config.source is None or Path(config.source).resolve().parent == SPACES_DIR
     sweep = config.name if shipped else str(config.source)
     parts = ["tune run", shlex.quote(sweep), "--name", shlex.quote(experiment.run_name),
-             "--storage", shlex.quote(experiment.storage), "--tracking-uri", shlex.quote(settings.tracking_uri)]
+             "--storage", shlex.quote(experiment.storage)]
+    if settings.tracking_uri != default_tracking_uri(local_root(experiment)):
+        parts += ["--tracking-uri", shlex.quote(settings.tracking_uri)]
     if settings.address:
         parts += ["--address", shlex.quote(settings.address)]
     if settings.dashboard_host != DEFAULT_DASHBOARD_HOST:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -73,3 +74,42 @@ def test_sigint_then_resume_completes_the_sweep(base_env, tmp_path):
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], steps)
+
+
+def test_resume_uses_the_settings_the_run_was_started_with(base_env, tmp_path):
+    """Bug: a resumed sweep went to the default store while it had started in --tracking-uri's."""
+    storage, other = tmp_path / "runs", tmp_path / "other.db"
+    experiment = storage / "r1"
+    first = start_cli(["run", "smoke", "--name", "r1", "--storage", str(storage), "--tracking-uri",
+                       f"sqlite:///{other}", "--set", "scheduler.type=fifo", "--set", f"epochs={EPOCHS}"],
+                      base_env, tmp_path / "first.log")
+    try:
+        wait_for(lambda: sum(max(e, default=0) >= 2 for e in trial_epochs(experiment).values()) >= 2,
+                 180, "two trials past epoch 2")
+        os.kill(first.pid, signal.SIGINT)
+        assert first.wait(timeout=180) == 130
+    finally:
+        stop_process(first)
+    log = (tmp_path / "first.log").read_text()
+    resume = next(line for line in log.splitlines() if line.startswith("resume with: "))
+    args = shlex.split(resume.removeprefix("resume with: "))
+    assert args[:2] == ["tune", "run"] and args[-1] == "--resume"
+    assert f"sqlite:///{other}" in args and str(storage) in args
+
+    refused = run_cli(["run", "smoke", "--name", "r1", "--storage", str(storage), "--resume",
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'third.db'}"], base_env)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "third.db" in refused.stderr and str(other) in refused.stderr
+
+    # The printed command, run from another folder, continues the run in the same store.
+    second = run_cli(args[1:], base_env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert not (storage / "mlflow.db").exists() and not (tmp_path / "runs" / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{other}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["finalized"] == "true"
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(trial_epochs(experiment))
+    assert client.get_model_version_by_alias("smoke", "best").run_id == parents[0].info.run_id

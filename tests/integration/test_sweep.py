@@ -15,8 +15,10 @@ from optuna.trial import TrialState
 
 from search.engine.optuna_bridge import RAY_TRIAL_ID_ATTR
 from search.engine.storage import STUDY_FILE
+from search.tracking.registry import load_model
 from tests.conftest import run_cli
 from trainables.data import load_data
+from trainables.model import SeedNet
 from trainables.train import as_tensors, evaluate
 
 pytestmark = pytest.mark.integration
@@ -30,7 +32,7 @@ def smoke(tmp_path_factory, mnist_dir):
     storage = tmp_path_factory.mktemp("smoke")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = run_cli(["run", "smoke", "--name", "smoke-test", "--set", f"storage={storage}"], env)
+    result = run_cli(["run", "smoke", "--name", "smoke-test", "--set", f"storage={storage}", "--json"], env)
     experiment = storage / "smoke-test"
     payload = json.loads((experiment / "results.json").read_text()) if result.returncode == 0 else None
     return result, storage, experiment, payload
@@ -41,6 +43,37 @@ def test_smoke_exits_0_with_a_summary(smoke):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch norm × skip" in result.stderr and "best trial" in result.stderr
     assert f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db" in result.stderr
+
+
+def test_json_flag_prints_exactly_one_json_document_on_stdout(smoke):
+    result, _, _, payload = smoke
+    assert json.loads(result.stdout) == payload  # Ray's tables and hints went to stderr
+    assert "Configuration for experiment" in result.stderr
+    assert "TensorBoard" not in result.stdout + result.stderr
+
+
+def test_the_end_of_a_run_names_the_runs_page_of_the_ui(smoke):
+    result, storage, _, payload = smoke
+    experiment_id = MlflowClient(f"sqlite:///{storage}/mlflow.db").get_experiment_by_name("smoke").experiment_id
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    assert f"compare the trials: {url}" in result.stderr
+    assert payload["mlflow"]["runs_url"] == url
+
+
+def test_the_ablation_reports_validation_and_the_test_accuracy_of_each_groups_best_trial(smoke):
+    _, _, _, payload = smoke
+    by_id = {t["trial_id"]: t for t in payload["trials"]}
+    evaluated = {t["trial_id"] for t in payload["trials"] if t["test_acc"] is not None}
+    groups = [row for row in payload["ablation"] if row["trials"]]
+    assert evaluated == {row["best_trial"] for row in groups}  # nothing else ever saw the test split
+    for row in groups:
+        members = [t for t in payload["trials"] if (t["config"]["batch_norm"], t["config"]["skip"])
+                   == (row["batch_norm"], row["skip"]) and t["status"] != "errored"]
+        best = min(members, key=lambda t: t["val_loss"])
+        assert row["best_trial"] == best["trial_id"]
+        assert row["best_trial_test_acc"] == by_id[best["trial_id"]]["test_acc"]
+        assert "best_test_acc" not in row and "mean_test_acc" not in row
+    assert all("test_acc" not in h for t in payload["trials"] for h in t["history"])
 
 
 def test_results_json_holds_every_trial_and_the_best(smoke):
@@ -96,18 +129,27 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial_with_full_histories(smoke
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
 
 
-def test_best_model_is_registered_and_reproduces_the_test_accuracy(smoke, mnist_dir):
+def test_best_model_is_registered_and_reproduces_the_test_accuracy(smoke, mnist_dir, monkeypatch):
     _, storage, _, payload = smoke
-    mlflow.set_tracking_uri(f"sqlite:///{storage}/mlflow.db")
+    uri = f"sqlite:///{storage}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
     version = MlflowClient().get_model_version_by_alias("smoke", "best")
     assert version.tags["trial_id"] == payload["best"]["trial_id"]
-    model = mlflow.pytorch.load_model("models:/smoke@best")
+    # MLflow refuses anything pickled when told to: both ways of loading still work.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = load_model("models:/smoke@best", tracking_uri=uri)
+    assert isinstance(model, SeedNet) and not model.training
     data = load_data("mnist", mnist_dir, subset=2000, split_seed=0)
     _, accuracy = evaluate(model, as_tensors(data.test))
     assert accuracy == pytest.approx(payload["best"]["test_acc"], abs=1e-9)
+    exported = mlflow.pytorch.load_model("models:/smoke@best")
+    images = torch.from_numpy(np.ascontiguousarray(data.test.images[:300]))
     with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(data.test.images[:2])))
-    assert logits.shape == (2, 10)
+        logits = exported(images)
+        assert logits.shape == (300, 10)
+        assert torch.allclose(logits, model(images), atol=1e-5)
+    files = {Path(f.path).name for f in MlflowClient().list_artifacts(version.run_id, "model/data")}
+    assert "model.pt2" in files and "model.pth" not in files
 
 
 def test_ray_tune_ls_reads_the_experiment(smoke, base_env):

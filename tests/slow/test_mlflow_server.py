@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from search.tracking.registry import load_model
 from tests.conftest import REPO, require, run_cli, start_cli, stop_process
 from tests.slow.conftest import MlflowServer
 from trainables.data import load_data
@@ -111,9 +114,13 @@ def test_http_store_has_the_same_hierarchy_and_registered_model(outage_sweep, mn
     version = client.get_model_version_by_alias("smoke", "best")
     assert version.tags["trial_id"] == results["best"]["trial_id"]
     mlflow.set_tracking_uri(server.url)
-    model = mlflow.pytorch.load_model("models:/smoke@best")
+    model = load_model("models:/smoke@best", tracking_uri=server.url)
     data = load_data("mnist", mnist_dir, subset=2000)
     assert evaluate(model, as_tensors(data.test))[1] == pytest.approx(results["best"]["test_acc"], abs=1e-9)
+    exported = mlflow.pytorch.load_model("models:/smoke@best")
+    images = torch.from_numpy(np.ascontiguousarray(data.test.images[:100]))
+    with torch.no_grad():
+        assert torch.allclose(exported(images), model(images), atol=1e-5)
 
 
 def test_sync_mlflow_rebuilds_the_hierarchy_in_an_empty_store_and_never_duplicates(outage_sweep, base_env,
@@ -143,9 +150,13 @@ def test_mlflow_ui_in_a_real_browser_shows_the_nested_runs(outage_sweep):
     require(Path(chromium).exists(), "Chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    server, _, _, _, _ = outage_sweep
+    server, _, _, log, _ = outage_sweep
     _, children = hierarchy(MlflowClient(server.url))
     experiment_id = MlflowClient(server.url).get_experiment_by_name("smoke").experiment_id
+    # The page the end of the run points at: the experiment's runs (not MLflow 3's GenAI overview).
+    url = next(line.removeprefix("compare the trials: ") for line in log.splitlines()
+               if line.startswith("compare the trials: "))
+    assert url == f"{server.url}/#/experiments/{experiment_id}/runs"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "mlflow_ui_nested_runs.png"
     with sync_playwright() as playwright:
@@ -154,7 +165,7 @@ def test_mlflow_ui_in_a_real_browser_shows_the_nested_runs(outage_sweep):
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(f"{server.url}/#/experiments/{experiment_id}/runs", wait_until="domcontentloaded")
+            page.goto(url, wait_until="domcontentloaded")
             page.get_by_text("outage", exact=True).first.wait_for(timeout=60_000)
             row = page.locator("[role=row]", has_text="outage").first
             row.locator("[col-id='attributes.`Run Name`'] button").first.click()  # expand the parent

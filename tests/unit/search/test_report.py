@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 
 from core.names import trial_status
-from search.commands.run import asha_rungs, plan_text
 from search.report import ablation_rows, history_from_rows, rank_trials, summarize_trial
-from spaces import load_sweep
 
 
 def summary(trial_id, bn, skip, losses, max_t=3, errored=False):
@@ -44,14 +42,3 @@ def test_ablation_table_has_every_combination():
     assert rows[(True, True)]["trials"] == 2 and rows[(True, True)]["best_val_acc"] == 0.9
     assert abs(rows[(True, True)]["mean_val_acc"] - 0.8) < 1e-9
     assert rows[(True, False)]["trials"] == 0 and rows[(True, False)]["best_val_acc"] is None
-
-
-def test_plan_counts_grid_trials_and_epochs():
-    text = plan_text(load_sweep("seed_bn"))
-    assert "trials: 4" in text and "epoch budget: 120 (4 trials × 30 epochs, no early stopping)" in text
-
-
-def test_plan_names_the_asha_rungs():
-    config = load_sweep("default")
-    assert asha_rungs(config) == [1, 3, 9]
-    assert "ASHA stops weak trials at epochs 1, 3, 9" in plan_text(config)

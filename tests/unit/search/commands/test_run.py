@@ -1,0 +1,97 @@
+"""`tune run`'s plan, where a run is continued from, and the command that continues it (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from core.errors import UserError
+from search.commands.options import Environment, RunOptions, RunSettings
+from search.commands.run import asha_rungs, plan_payload, plan_text, prepare_run, resume_command
+from search.engine.storage import RUN_FILE, SWEEP_FILE
+from spaces import load_sweep
+
+
+def test_plan_counts_grid_trials_and_epochs():
+    text = plan_text(load_sweep("seed_bn"))
+    assert "trials: 4" in text and "epoch budget: 120 (4 trials × 30 epochs, no early stopping)" in text
+
+
+def test_plan_names_the_asha_rungs():
+    config = load_sweep("default")
+    assert asha_rungs(config) == [1, 3, 9]
+    assert "ASHA stops weak trials at epochs 1, 3, 9" in plan_text(config)
+    assert plan_payload(config)["asha_rungs"] == [1, 3, 9]
+
+
+def started_run(tmp_path, settings: RunSettings | None):
+    """A run folder as `tune run` leaves it when interrupted: sweep.json and run.json."""
+    config = load_sweep("smoke", values={"storage": str(tmp_path), "epochs": 3})
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    (folder / SWEEP_FILE).write_text(json.dumps({**config.model_dump(mode="json"), "source": None}))
+    (folder / RUN_FILE).write_text(json.dumps({"settings": settings.as_json()} if settings else {"tags": {}}))
+    return load_sweep("smoke", values={"storage": str(tmp_path)})
+
+
+def test_resume_uses_the_saved_settings_and_the_saved_sweep(tmp_path):
+    saved = RunSettings(tracking_uri="sqlite:////elsewhere/other.db", address="10.0.0.1:6379",
+                        tags={"schedule": "smoke"})
+    config = started_run(tmp_path, saved)
+    options = RunOptions(run_name="r1", resume=True, env=Environment(tracking_uri="http://env:5000"))
+    resumed, experiment, settings = prepare_run(config, options)
+    assert resumed.epochs == 3 and experiment.uri == f"{tmp_path}/r1"
+    assert settings == saved  # neither MLFLOW_TRACKING_URI nor the defaults replace what the run started with
+
+
+def test_resume_with_another_tracking_uri_is_refused_naming_both(tmp_path):
+    config = started_run(tmp_path, RunSettings(tracking_uri="sqlite:////elsewhere/other.db"))
+    options = RunOptions(run_name="r1", resume=True, tracking_uri="sqlite:////x/third.db")
+    with pytest.raises(UserError, match=r"third\.db.*other\.db"):
+        prepare_run(config, options)
+
+
+def test_a_flag_may_move_a_resumed_run_to_another_cluster(tmp_path):
+    config = started_run(tmp_path, RunSettings(tracking_uri="sqlite:////a.db", address="old:6379"))
+    _, _, settings = prepare_run(config, RunOptions(run_name="r1", resume=True, address="new:6379"))
+    assert settings.address == "new:6379" and settings.tracking_uri == "sqlite:////a.db"
+
+
+def test_a_run_saved_before_settings_were_kept_resumes_with_the_defaults(tmp_path):
+    config = started_run(tmp_path, None)
+    _, _, settings = prepare_run(config, RunOptions(run_name="r1", resume=True))
+    assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_a_new_run_takes_flag_then_sweep_file_then_environment(tmp_path):
+    config = load_sweep("smoke", values={"storage": str(tmp_path)})
+    env = Environment(tracking_uri="http://env:5000", ray_address="env:6379")
+    settings = prepare_run(config, RunOptions(run_name="n", env=env))[2]
+    assert (settings.tracking_uri, settings.address) == ("http://env:5000", "env:6379")
+    in_file = load_sweep("smoke", ["mlflow.tracking_uri=http://file:5000"], values={"storage": str(tmp_path)})
+    assert prepare_run(in_file, RunOptions(run_name="n", env=env))[2].tracking_uri == "http://file:5000"
+    flagged = RunOptions(run_name="n", tracking_uri="http://flag:5000", env=env)
+    assert prepare_run(in_file, flagged)[2].tracking_uri == "http://flag:5000"
+    assert prepare_run(config, RunOptions(run_name="n"))[2].tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_an_existing_folder_is_not_overwritten(tmp_path):
+    config = started_run(tmp_path, None)
+    with pytest.raises(UserError, match="exists already: continue it with --resume --name r1"):
+        prepare_run(config, RunOptions(run_name="r1"))
+
+
+def test_the_resume_command_names_everything_that_is_not_a_default(tmp_path):
+    config = load_sweep("smoke", values={"storage": str(tmp_path / "my runs")})
+    _, experiment, settings = prepare_run(config, RunOptions(run_name="r1", tracking_uri="sqlite:////s/o.db",
+                                                             address="head:6379", dashboard_host="0.0.0.0"))
+    args = shlex.split(resume_command(config, experiment, settings))
+    assert args[:3] == ["tune", "run", "smoke"] and args[-1] == "--resume"
+    pairs = dict(zip(args[3:-1:2], args[4:-1:2], strict=True))
+    assert pairs == {"--name": "r1", "--storage": str(tmp_path / "my runs"), "--tracking-uri": "sqlite:////s/o.db",
+                     "--address": "head:6379", "--dashboard-host": "0.0.0.0"}
+    _, experiment, settings = prepare_run(config, RunOptions(run_name="r2"))
+    assert resume_command(config, experiment, settings) == (
+        f"tune run smoke --name r2 --storage '{tmp_path / 'my runs'}' --resume")

@@ -1,0 +1,65 @@
+"""The cron arithmetic of `tune schedule`: ticks, time zones, missed ticks (no Ray, no sleeping)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from core.errors import UserError
+from search.commands.schedule import Schedule, ScheduleOptions, parse_cron, tick_config
+from spaces import load_sweep
+
+UTC = timezone.utc
+
+
+def schedule(tmp_path, cron: str, tz: str = "UTC") -> Schedule:
+    return Schedule(load_sweep("smoke", values={"storage": str(tmp_path)}), ScheduleOptions(cron=cron, timezone=tz))
+
+
+def test_next_and_previous_tick(tmp_path):
+    daily = schedule(tmp_path, "0 2 * * *")
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert daily.next_tick(now) == datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    assert daily.previous_tick(now) == datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    on_tick = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    assert daily.previous_tick(on_tick) == on_tick  # a tick counts as due at its own time
+
+
+def test_ticks_follow_the_time_zone_across_daylight_saving(tmp_path):
+    berlin = schedule(tmp_path, "0 2 * * *", "Europe/Berlin")
+    winter = berlin.next_tick(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))
+    summer = berlin.next_tick(datetime(2026, 7, 10, 12, 0, tzinfo=UTC))
+    assert (winter.hour, summer.hour) == (1, 0)  # 02:00 in Berlin is 01:00 UTC in winter, 00:00 in summer
+
+
+def test_six_fields_take_seconds_first(tmp_path):
+    every_30s = schedule(tmp_path, "*/30 * * * * *")
+    assert every_30s.next_tick(datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)) == datetime(2026, 1, 1, 0, 0, 30,
+                                                                                        tzinfo=UTC)
+
+
+def test_missed_ticks_between_two_moments(tmp_path):
+    hourly = schedule(tmp_path, "0 * * * *")
+    ticks = hourly.ticks_between(datetime(2026, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 1, 1, 3, 30, tzinfo=UTC))
+    assert [t.hour for t in ticks] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("cron, tz, expected", [
+    ("61 * * * *", "UTC", "not a cron expression"),
+    ("* * *", "UTC", "not a cron expression"),
+    ("0 * * * *", "Mars/Olympus", "unknown time zone"),
+])
+def test_bad_cron_or_time_zone_is_a_user_error(cron, tz, expected):
+    with pytest.raises(UserError, match=expected):
+        parse_cron(cron, tz)
+
+
+def test_each_tick_continues_one_study_with_a_seed_of_its_own(tmp_path):
+    plan = schedule(tmp_path, "0 * * * *")
+    first = tick_config(plan)
+    assert first.search.storage == str(tmp_path / "smoke.schedule" / "study.journal")
+    plan.folder.mkdir(parents=True)
+    plan.write_tick(datetime(2026, 1, 1, 1, 0, tzinfo=UTC), status="finished")
+    assert tick_config(plan).search.seed == first.search.seed + 1
+    assert plan.run_name(datetime(2026, 1, 1, 1, 0, tzinfo=UTC)) == "smoke-20260101T010000Z"

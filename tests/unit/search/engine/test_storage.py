@@ -1,0 +1,68 @@
+"""Where a sweep's files live: checks before a sweep starts, atomic JSON, finding the latest run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import namedtuple
+
+import pytest
+
+from core.errors import UserError
+from search.engine import storage
+from search.engine.storage import (
+    SWEEP_FILE,
+    ExperimentDir,
+    check_writable,
+    is_uri,
+    latest_run,
+    local_root,
+    resolve_storage,
+)
+
+
+def test_paths_are_made_absolute_and_uris_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_storage("runs") == str(tmp_path / "runs")
+    assert resolve_storage("file://runs") == str(tmp_path / "runs")
+    assert resolve_storage("s3://bucket/sweeps/") == "s3://bucket/sweeps"
+    assert is_uri("s3://b") and not is_uri("file:///x") and not is_uri("/x")
+
+
+def test_local_root_of_a_cloud_run_is_the_local_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert local_root(ExperimentDir("s3://b/sweeps", "r")) == tmp_path / "runs"
+    assert local_root(ExperimentDir(str(tmp_path / "x"), "r")) == tmp_path / "x"
+
+
+def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(UserError, match=f"storage {tmp_path / 'runs'}: cannot write there"):
+        check_writable(str(tmp_path / "runs"))
+
+
+def test_a_nearly_full_disk_is_refused(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 * 2**30, 10 * 2**30, 50 * 2**20))
+    with pytest.raises(UserError, match="only 50 MiB free, but a sweep needs at least 200 MiB"):
+        check_writable(str(tmp_path))
+    assert storage.MIN_FREE_BYTES == 200 * 2**20
+
+
+def test_json_files_are_replaced_whole(tmp_path):
+    folder = ExperimentDir(str(tmp_path), "r1")
+    assert folder.read_json("results.json") is None and not folder.exists()
+    folder.write_json("results.json", {"a": 1})
+    folder.write_json("results.json", {"a": 2})
+    assert folder.read_json("results.json") == {"a": 2} and folder.exists()
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == ["results.json"]  # no temp file left
+
+
+def test_latest_run_is_the_newest_of_that_sweep(tmp_path):
+    for name, sweep, mtime in (("smoke-1", "smoke", 100), ("smoke-2", "smoke", 200), ("smoke_x-3", "smoke_x", 300)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / SWEEP_FILE).write_text(json.dumps({"name": sweep}))
+        os.utime(tmp_path / name / SWEEP_FILE, (mtime, mtime))
+    assert latest_run(str(tmp_path), "smoke") == "smoke-2"
+    assert latest_run(str(tmp_path), "other") is None

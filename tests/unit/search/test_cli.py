@@ -1,0 +1,73 @@
+"""The `tune` command line in this process: parsing, typed flags, one-line errors with exit 2 (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import UserError
+from search.cli import flag_values, load_run_config, main
+from search.commands.options import Environment
+
+
+def run_main(args, capfd):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capfd.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "smoke", "--resume", "--set", "epochs=2"], "--resume continues a sweep as it was started"),
+    (["run", "smoke", "--resume", "--dry-run"], "--resume and --dry-run exclude each other"),
+    (["run", "smoke", "--num-samples", "3", "--set", "search.num_samples=4"], "--num-samples and --set"),
+    (["run", "smoke", "--set", "learning_rate=0.1"], "--set learning_rate: unknown key"),
+    (["run", "no-such-sweep"], "no such sweep file (shipped sweeps: default, quick"),
+    (["train", "--epochs", "2", "--set", "epochs=3"], "--epochs and --set epochs=3 both set epochs"),
+    (["schedule", "smoke", "--cron", "61 * * * *"], "--cron '61 * * * *': not a cron expression"),
+    (["schedule", "smoke", "--cron", "0 * * * *", "--once", "--catch-up"], "--once runs one tick"),
+    (["sync-mlflow", "/nonexistent/run"], "not a sweep run folder"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, expected, capfd):
+    code, out, err = run_main(args, capfd)
+    assert code == 2 and out == ""
+    assert err.startswith("tune: error: ") and expected in err and err.count("\n") == 1
+
+
+def test_click_usage_errors_exit_2(capfd):
+    code, _, err = run_main(["run", "smoke", "--epochs-typo", "3"], capfd)
+    assert code == 2 and "No such option" in err
+
+
+def test_dry_run_json_is_one_document_on_stdout(capfd):
+    code, out, err = run_main(["run", "smoke", "--dry-run", "--json", "--num-samples", "3"], capfd)
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["trials"] == 3 and plan["sweep"]["search"]["num_samples"] == 3
+    assert "trials: 3" in err  # the human-readable plan went to stderr
+
+
+def test_shortcut_flags_reach_the_config_typed():
+    values = flag_values([], epochs=3, num_samples=5, data_dir="/data", seed=None)
+    assert values == {"epochs": 3, "search.num_samples": 5, "data.dir": "/data"}
+    config = load_run_config("smoke", ["lr=0.01"], values, Environment())
+    assert (config.epochs, config.search.num_samples, config.data.dir, config.space.lr) == (3, 5, "/data", 0.01)
+
+
+def test_a_flag_and_a_set_for_the_same_key_are_refused():
+    with pytest.raises(UserError, match="--epochs and --set epochs=3 both set epochs"):
+        flag_values(["epochs=3"], epochs=2)
+
+
+def test_sweep_storage_applies_only_when_nothing_else_sets_storage():
+    env = Environment(storage="/from/env")
+    assert load_run_config("smoke", [], {}, env).storage == "/from/env"
+    assert load_run_config("smoke", [], {"storage": "/flag"}, env).storage == "/flag"
+
+
+def test_the_environment_is_read_once_into_one_object():
+    env = Environment.read({"SWEEP_STORAGE": "s3://b/x", "MLFLOW_TRACKING_URI": "http://m:5000",
+                            "RAY_ADDRESS": "", "RAY_AUTH_MODE": "DISABLED"})
+    assert env == Environment(storage="s3://b/x", tracking_uri="http://m:5000", ray_address=None,
+                              ray_auth_disabled=True)
