@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import progress, scale_argument, write_result
-from bench.sweeps import sweep
+from bench.sweeps import sweep, test_accuracy_of_every_trial
 from spaces import load_sweep
 
 SEED_NUMBERS = {"seed_bn": {True: 0.949, False: 0.937}, "seed_skip": {True: 0.926, False: 0.925}}
@@ -30,9 +30,10 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
                 document["data"]["subset"] = settings["subset"]
                 document["scheduler"]["max_t"] = None
             results = sweep(document, Path(storage), name)
+            test_acc = test_accuracy_of_every_trial(results, document)
             rows = {}
             for value in (True, False):
-                accs = [t["test_acc"] for t in results["trials"] if t["config"][SWITCH[name]] == value]
+                accs = [test_acc[t["trial_id"]] for t in results["trials"] if t["config"][SWITCH[name]] == value]
                 rows[str(value).lower()] = {"test_acc": accs, "mean": statistics.mean(accs),
                                             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                                             "seed": SEED_NUMBERS[name][value]}

@@ -27,6 +27,29 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: 
     return outcome.payload
 
 
+def test_accuracy_of_every_trial(results: dict[str, Any], document: dict[str, Any]) -> dict[str, float]:
+    """Each trial's best-validation checkpoint evaluated on the test split, by trial id.
+
+    A sweep evaluates only the models it chooses; the seed's table has no choosing (every
+    configuration is the experiment), so the benchmark measures each one itself.
+    """
+    from ray import tune
+
+    from trainables.data import load_data
+    from trainables.train import evaluate_on_test
+    from trainables.trainable import load_checkpoint_model
+
+    data = document.get("data", {})
+    test = load_data(data.get("dataset", "mnist"), mnist_dir(), subset=data.get("subset"),
+                     split_seed=data.get("split_seed", 0)).test
+    accuracies = {}
+    for trial in results["trials"]:
+        with tune.Checkpoint(trial["checkpoint"]).as_directory() as directory:
+            model = load_checkpoint_model(directory, trial["config"])
+        accuracies[trial["trial_id"]] = evaluate_on_test(model, test)["test_acc"]
+    return accuracies
+
+
 def trial_busy_seconds(trial: dict[str, Any]) -> float:
     """From the start of a trial's first epoch to the end of its last, from its history."""
     history = trial["history"]
