@@ -30,7 +30,22 @@ class _Distribution(BaseModel):
         raise NotImplementedError
 
 
-class Choice(_Distribution, Generic[T]):
+class _Listed(_Distribution, Generic[T]):
+    """A distribution over listed values; Optuna and MLflow see both kinds the same way."""
+
+    def values(self) -> list[Any]:
+        return list(getattr(self, self.kind))
+
+    def to_optuna(self) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(self.values())
+
+    def describe(self) -> str:
+        return f"{self.kind}({', '.join(map(repr, self.values()))})"
+
+
+class Choice(_Listed[T], Generic[T]):
     """Sample one of the listed values."""
 
     kind: ClassVar[str] = "choice"
@@ -39,18 +54,10 @@ class Choice(_Distribution, Generic[T]):
     def to_tune(self) -> Any:
         from ray import tune
 
-        return tune.choice(list(self.choice))
-
-    def to_optuna(self) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
-        return CategoricalDistribution(list(self.choice))
-
-    def describe(self) -> str:
-        return f"choice({', '.join(map(repr, self.choice))})"
+        return tune.choice(self.values())
 
 
-class Grid(_Distribution, Generic[T]):
+class Grid(_Listed[T], Generic[T]):
     """Run every listed value (Tune's grid search)."""
 
     kind: ClassVar[str] = "grid"
@@ -62,15 +69,7 @@ class Grid(_Distribution, Generic[T]):
     def to_tune(self) -> Any:
         from ray import tune
 
-        return tune.grid_search(list(self.grid))
-
-    def to_optuna(self) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
-        return CategoricalDistribution(list(self.grid))
-
-    def describe(self) -> str:
-        return f"grid({', '.join(map(repr, self.grid))})"
+        return tune.grid_search(self.values())
 
 
 class _Range(_Distribution, Generic[T]):

@@ -81,7 +81,8 @@ class RunOptions:
     """How this invocation runs the sweep (not what the sweep is: that is SweepConfig).
 
     `address`, `tracking_uri` and `tags` are what the flags said (None: not given); `env`
-    is the environment as read by the CLI. `settings_for` turns them into `RunSettings`.
+    is the environment as read by the CLI. `new_settings` and `resumed_settings` turn them into
+    the run's `RunSettings`.
     """
 
     address: str | None = None
@@ -94,9 +95,6 @@ class RunOptions:
     tags: dict[str, str] = field(default_factory=dict)
     reuse_dir: bool = False  # a folder without Tune state may be taken over (a tick restarted early)
     env: Environment = field(default_factory=Environment)
-
-    def with_changes(self, **changes: Any) -> RunOptions:
-        return replace(self, **changes)
 
 
 def new_settings(options: RunOptions, sweep_tracking_uri: str | None, local_root: Path) -> RunSettings:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,7 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     log.info("schedule %s: %s tick %s as %s", config.name, "resuming" if resume else "running",
              tick.isoformat(), run_name)
     schedule.write_tick(tick, status="running", run_name=run_name, started=_now().isoformat())
-    outcome = run_sweep(config, options.run.with_changes(
+    outcome = run_sweep(config, replace(options.run,
         run_name=run_name, resume=resume, reuse_dir=True,
         tags={"schedule": config.name, "tick": tick.isoformat()}))
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
