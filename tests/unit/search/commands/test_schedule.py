@@ -63,3 +63,24 @@ def test_each_tick_continues_one_study_with_a_seed_of_its_own(tmp_path):
     plan.write_tick(datetime(2026, 1, 1, 1, 0, tzinfo=UTC), status="finished")
     assert tick_config(plan).search.seed == first.search.seed + 1
     assert plan.run_name(datetime(2026, 1, 1, 1, 0, tzinfo=UTC)) == "smoke-20260101T010000Z"
+
+
+def test_a_tick_runs_with_the_schedules_options_and_its_own_tags(tmp_path, monkeypatch):
+    from search.commands import schedule as schedule_module
+    from search.commands.options import Environment, RunOptions
+    from search.commands.run import SweepOutcome
+
+    seen = []
+    monkeypatch.setattr(schedule_module, "run_sweep", lambda config, options: seen.append(options)
+                        or SweepOutcome(0, {"best": {"trial_id": "t1", "score": 0.1, "test_acc": 0.9}}))
+    run = RunOptions(address="head:6379", tracking_uri="http://mlflow:5000", env=Environment(storage="/x"))
+    plan = Schedule(load_sweep("smoke", values={"storage": str(tmp_path)}),
+                    ScheduleOptions(cron="0 * * * *", run=run))
+    plan.folder.mkdir(parents=True)
+    tick = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
+    assert schedule_module.run_tick(plan, tick, plan.options) == 0
+    (options,) = seen
+    assert (options.address, options.tracking_uri, options.env) == (run.address, run.tracking_uri, run.env)
+    assert options.run_name == "smoke-20260101T010000Z" and not options.resume and options.reuse_dir
+    assert options.tags == {"schedule": "smoke", "tick": tick.isoformat()}
+    assert plan.status_of(tick) == "finished"
