@@ -137,6 +137,10 @@ class SweepConfig(_Section):
             d.grid_size() for d in self.space.searched().values()
         )
 
+    def document(self) -> dict[str, Any]:
+        """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from."""
+        return {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
+
     def trial_config(self) -> dict[str, Any]:
         """The fixed part of every trial's config (values that are not searched)."""
         fixed = {k: v for k, v in self.space.entries().items() if not is_distribution(v)}

@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ALL_ENV = "SWEEP_TESTS_REQUIRE_ALL"  # CI sets it: a missing resource fails instead of skipping
+REQUIRE_GPU_ENV = "SWEEP_TESTS_REQUIRE_GPU"  # a CI machine with a GPU sets it: no CUDA fails instead of skipping
 
 # Token authentication stays on in every test: this process, the CLI subprocesses and the
 # clusters the tests start all use one test token (never the user's ~/.ray/auth_token).
@@ -29,12 +30,13 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.pop("RAY_ADDRESS", None)
 
 
-def require(available: bool, what: str) -> None:
-    """Skip when `what` is not installed here; in CI (SWEEP_TESTS_REQUIRE_ALL=1) fail instead."""
+def require(available: bool, what: str, promised_by: str = REQUIRE_ALL_ENV) -> None:
+    """Skip when `what` is not installed here; where it is promised (`promised_by` is set: CI sets
+    SWEEP_TESTS_REQUIRE_ALL=1, a machine with a GPU SWEEP_TESTS_REQUIRE_GPU=1) fail instead."""
     if available:
         return
-    if os.environ.get(REQUIRE_ALL_ENV):
-        pytest.fail(f"{what} is required in CI but not available")
+    if os.environ.get(promised_by):
+        pytest.fail(f"{what} is required here ({promised_by} is set) but not available")
     pytest.skip(f"{what} not installed")
 
 

@@ -133,40 +133,19 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
         cluster.check_local_resources(config.resources.cpu, config.resources.gpu)
     cluster.check_shared_storage(experiment.storage, experiment.is_remote)
     if not options.resume:
-        experiment.write_json(SWEEP_FILE, {**config.model_dump(mode="json"),
-                                           "source": str(config.source) if config.source else None})
+        experiment.write_json(SWEEP_FILE, config.document())
     experiment.write_json(RUN_FILE, {"settings": settings.as_json()})
     return _fit_and_report(config, experiment, data, settings, options, optuna_class)
 
 
 def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, settings: RunSettings,
                     options: RunOptions, optuna_class: type | None) -> SweepOutcome:
-    from ray import tune
-
-    from search.engine import cluster
     from search.engine.trials import load_trials
-    from search.engine.tuner import build_searcher, build_tuner, restore_tuner
 
     target = target_for(config, experiment.run_name, settings.tracking_uri, local_root(experiment))
     ensure_sqlite_store(target.tracking_uri)
     started = time.time()
-    trial_data = data.without_test()  # trials never see the test split
-    callback = None
-    if options.resume and not tune.Tuner.can_restore(experiment.uri):
-        print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
-              "starting it afresh", file=sys.stderr)
-    if options.resume and tune.Tuner.can_restore(experiment.uri):
-        print(f"resuming {experiment.uri}", file=sys.stderr)
-        tuner = restore_tuner(config, trial_data, experiment.uri)
-    else:
-        slots = config.search.max_concurrent_trials or cluster.slots(config.resources.cpu,
-                                                                     config.resources.gpu)
-        callback = _tracking_callback(config, experiment, target, settings.tags)
-        study = None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}"
-        searcher = build_searcher(config, study, *([optuna_class] if optuna_class else []))
-        tuner = build_tuner(config, trial_data, searcher, storage=experiment.storage,
-                            run_name=experiment.run_name, max_concurrent_trials=slots,
-                            verbose=0 if options.as_json else 1, callbacks=[callback])
+    tuner, callback = _tuner_for(config, experiment, data.without_test(), target, settings, options, optuna_class)
     fit_started = time.time()
     grid = tuner.fit()
     fit_seconds = time.time() - fit_started
@@ -196,6 +175,30 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, 
     if snapshot.trials and all(t.status == ERRORED for t in snapshot.trials):
         return SweepOutcome(EXIT_ALL_ERRORED, payload)
     return SweepOutcome(EXIT_OK, payload)
+
+
+def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data, target: TrackingTarget,
+               settings: RunSettings, options: RunOptions, optuna_class: type | None) -> tuple[Any, Any]:
+    """The restored Tuner of a resumed run, or a new one with its MLflow callback (None when restored:
+    Tune brings the callback back with its state). Trials get the data without its test split."""
+    from ray import tune
+
+    from search.engine import cluster
+    from search.engine.tuner import build_searcher, build_tuner, restore_tuner
+
+    if options.resume and tune.Tuner.can_restore(experiment.uri):
+        print(f"resuming {experiment.uri}", file=sys.stderr)
+        return restore_tuner(config, trial_data, experiment.uri), None
+    if options.resume:
+        print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
+              "starting it afresh", file=sys.stderr)
+    slots = config.search.max_concurrent_trials or cluster.slots(config.resources.cpu, config.resources.gpu)
+    callback = _tracking_callback(config, experiment, target, settings.tags)
+    study = None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}"
+    tuner = build_tuner(config, trial_data, build_searcher(config, study, optuna_class),
+                        storage=experiment.storage, run_name=experiment.run_name, max_concurrent_trials=slots,
+                        verbose=0 if options.as_json else 1, callbacks=[callback])
+    return tuner, callback
 
 
 def resume_command(config: SweepConfig, experiment: ExperimentDir, settings: RunSettings) -> str:

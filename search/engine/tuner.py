@@ -36,14 +36,14 @@ def tpe_startup_trials(num_samples: int) -> int:
 
 
 def build_searcher(config: SweepConfig, default_storage: str | None = None,
-                   optuna_class: type[OptunaSearch] = BudgetAwareOptunaSearch) -> Searcher | SearchAlgorithm:
+                   optuna_class: type[OptunaSearch] | None = None) -> Searcher | SearchAlgorithm:
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
-    `optuna_class` is the Tune searcher that wraps the study (benchmarks compare Ray's stock
-    `OptunaSearch`); it takes `max_t` besides OptunaSearch's arguments. The study lives in
-    `search.storage` when the sweep names one, else in `default_storage` (a journal file beside
-    the Tune experiment), else in memory. A space with nothing to search repeats its one
-    configuration `num_samples` times.
+    `optuna_class` is the Tune searcher that wraps the study (default: the PRUNED-aware bridge;
+    benchmarks compare Ray's stock `OptunaSearch`); it takes `max_t` besides OptunaSearch's
+    arguments. The study lives in `search.storage` when the sweep names one, else in
+    `default_storage` (a journal file beside the Tune experiment), else in memory. A space with
+    nothing to search repeats its one configuration `num_samples` times.
     """
     search = config.search
     if search.algorithm == "optuna" and config.space.searched():
@@ -55,7 +55,7 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
             multivariate=True,
             constant_liar=True,  # parallel trials are not proposed on top of each other
         )
-        return optuna_class(
+        return (optuna_class or BudgetAwareOptunaSearch)(
             metric=config.metric,
             mode=config.mode,
             sampler=sampler,

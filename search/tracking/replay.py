@@ -57,8 +57,7 @@ def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
     spec = DATASETS[config.data.dataset]
     parent_tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **tags}
     resolved = staging / SWEEP_FILE
-    resolved.write_text(_json({**config.model_dump(mode="json"),
-                               "source": str(config.source) if config.source else None}))
+    resolved.write_text(_json(config.document()))
     artifacts = [(str(resolved), "sweep")]
     if config.source and Path(config.source).is_file():
         artifacts.append((str(config.source), "sweep"))

@@ -1,6 +1,7 @@
 """Fractional GPUs: `resources.gpu: 0.25` lets four trials share one GPU, each training on CUDA.
 
-Needs a CUDA device; on a machine without one it is skipped (CI machines have none)."""
+Needs a CUDA device; on a machine without one it is skipped (CI machines have none), unless
+SWEEP_TESTS_REQUIRE_GPU=1 promises one: then a missing GPU fails the test."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import pytest
 import torch
 
 from search.engine.trials import tune_result_rows
-from tests.conftest import run_cli
+from tests.conftest import REQUIRE_GPU_ENV, require, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available (no GPU on this machine)")
 def test_four_trials_share_one_gpu_and_train_on_cuda(base_env, tmp_path):
+    require(torch.cuda.is_available(), "a CUDA GPU", promised_by=REQUIRE_GPU_ENV)
     result = run_cli(["run", "smoke", "--storage", str(tmp_path), "--name", "gpu", "--set", "resources.gpu=0.25",
                       "--set", "resources.cpu=1", "--set", "search.num_samples=4", "--set", "scheduler.type=fifo",
                       "--set", "epochs=3"], base_env)

@@ -31,7 +31,7 @@ def started_run(tmp_path, settings: RunSettings | None):
     config = load_sweep("smoke", values={"storage": str(tmp_path), "epochs": 3})
     folder = tmp_path / "r1"
     folder.mkdir()
-    (folder / SWEEP_FILE).write_text(json.dumps({**config.model_dump(mode="json"), "source": None}))
+    (folder / SWEEP_FILE).write_text(json.dumps(config.document()))
     (folder / RUN_FILE).write_text(json.dumps({"settings": settings.as_json()} if settings else {"tags": {}}))
     return load_sweep("smoke", values={"storage": str(tmp_path)})
 
