@@ -9,6 +9,7 @@ tick. SIGTERM stops like Ctrl-C: the sweep is saved and the next start resumes t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -69,6 +70,7 @@ class Schedule:
         # Lock and state need a local file system, even when results go to a cloud URI.
         root = Path("runs").resolve() if is_uri(storage) else Path(storage)
         self.folder = root / f"{config.name}.schedule"
+        self._state: dict[str, Any] | None = None
 
     # --- time -------------------------------------------------------------------
 
@@ -95,14 +97,13 @@ class Schedule:
     # --- state --------------------------------------------------------------------
 
     def read_state(self) -> dict[str, Any]:
-        import json
-
-        path = self.folder / STATE_FILE
-        return json.loads(path.read_text()) if path.exists() else {"ticks": {}}
+        """The ticks so far: read from state.json once (a previous scheduler's), then kept in memory."""
+        if self._state is None:
+            path = self.folder / STATE_FILE
+            self._state = json.loads(path.read_text()) if path.exists() else {"ticks": {}}
+        return self._state
 
     def write_tick(self, tick: datetime, **fields: Any) -> None:
-        import json
-
         state = self.read_state()
         key = tick.strftime(TICK_FORMAT)
         state["ticks"][key] = {**state["ticks"].get(key, {}), **fields}

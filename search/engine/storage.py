@@ -18,7 +18,6 @@ RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 MLFLOW_IDS_FILE = "mlflow_runs.json"
 STUDY_FILE = "optuna.journal"
-EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
 
 def is_uri(storage: str) -> bool:
