@@ -37,13 +37,15 @@ class MlflowCallback(tune.Callback):
         self.parent_artifacts = list(parent_artifacts)
         self._writer: BufferedWriter | None = None
         self._recorder: MlflowRecorder | None = None
+        self._delivered = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_writer", "_recorder")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_writer", "_recorder", "_delivered")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._writer = self._recorder = None
+        self._delivered = False
 
     def setup(self, **info: Any) -> None:
         self._writer = BufferedWriter()
@@ -53,8 +55,9 @@ class MlflowCallback(tune.Callback):
 
     @property
     def recorder(self) -> MlflowRecorder | None:
-        """The recorder of this process's run (its parent and child run ids), once set up."""
-        return self._recorder
+        """The recorder of this process's run (its parent and child run ids), once every queued
+        write was delivered; None while its writer thread may still be using it."""
+        return self._recorder if self._delivered else None
 
     def _submit(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         self._writer.submit(what, partial(fn, *args, **kwargs))
@@ -93,7 +96,8 @@ class MlflowCallback(tune.Callback):
         if self._writer is None:
             return
         pending = self._writer.pending
-        if not self._writer.close(FLUSH_TIMEOUT_S):
+        self._delivered = self._writer.close(FLUSH_TIMEOUT_S)
+        if not self._delivered:
             log.warning(
                 "mlflow: %s of the sweep's writes did not reach %s; the results are safe in %s and "
                 "`tune sync-mlflow %s` replays them", pending or self._writer.dropped,
