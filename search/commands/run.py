@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,9 +36,10 @@ from search.tracking.recorder import (
     target_for,
     ui_command,
 )
-from search.tracking.replay import SweepEnd
 from spaces import SweepConfig, validate_sweep
-from trainables.data import Data
+
+if TYPE_CHECKING:
+    from trainables.data import Data
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, 
                               status="interrupted" if interrupted else "finished",
                               wall_seconds=time.time() - started, extra=extra)
     experiment.write_json(RESULTS_FILE, payload)  # on disk before MLflow is told: a crash loses nothing
+    from search.tracking.replay import SweepEnd
+
     end = SweepEnd(results=payload, tags=settings.tags, best_model=models.get(best["trial_id"]) if best else None,
                    recorder=callback.recorder if callback is not None else None)
     payload["mlflow"].update(_sync_mlflow(config, experiment, target, snapshot, end))
@@ -236,7 +239,7 @@ def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: T
 
 
 def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: TrackingTarget, snapshot: Any,
-                 end: SweepEnd) -> dict:
+                 end: Any) -> dict:
     """Fill in MLflow from the trials in memory and finalise; never fails the sweep."""
     from search.tracking.replay import sync_sweep
 

@@ -23,7 +23,6 @@ from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
 from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
 from search.tracking.writer import call_with_retry
 from spaces import SweepConfig
-from trainables.data import DATASETS, TRAIN_FILES
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ class SweepEnd:
 def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
                  ) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
     """Tags, params and artifacts of a sweep's parent run: the resolved sweep and its file."""
+    from trainables.data import DATASETS, TRAIN_FILES
+
     spec = DATASETS[config.data.dataset]
     parent_tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **tags}
     resolved = staging / SWEEP_FILE
