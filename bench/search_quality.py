@@ -67,7 +67,7 @@ def summarize(speedups: list[dict[str, Any]]) -> dict[str, Any]:
 def compare(runs: dict[str, list[dict[str, Any]]], targets: list[str]) -> dict[str, Any]:
     """optuna_asha against each other arm: speedup to the main target (None) and to each other target."""
     comparisons = {}
-    for challenger in ("random_fifo", "stock_optuna_asha"):
+    for challenger in [arm for arm in ("random_fifo", "stock_optuna_asha") if arm in runs]:
         pairs = list(zip(runs["optuna_asha"], runs[challenger], strict=True))
         entry: dict[str, Any] = {}
         for target in [None, *targets]:
@@ -100,11 +100,15 @@ SETTINGS = {
 }
 
 
-def run(settings: dict[str, Any]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+BRIDGE_ARMS = ("optuna_asha", "stock_optuna_asha")  # `python -m bench full bridge_vs_stock`
+
+
+def run(settings: dict[str, Any], arms: tuple[str, ...] = tuple(ARMS)) -> dict[str, Any]:
+    """Every arm (or the given ones, optuna_asha first) over the seeds, in one run, side by side."""
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as storage:
         for seed in settings["seeds"]:
-            for arm in ARMS:
+            for arm in arms:
                 results = run_arm(arm, seed, settings, Path(storage))
                 runs[arm].append({"seed": seed, "wall_s": results["fit_seconds"],
                                   "time_to_target_s": time_to_target(results, settings["target"]),

@@ -4,12 +4,19 @@ Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped at epoch 2 is COMPLE
 with its epoch-2 score, so TPE compares a 2-epoch loss with 12-epoch losses as if
 they were the same budget. Here only a trial that reached `max_t` is COMPLETE; a
 trial stopped earlier is PRUNED, and TPE ranks it by its per-epoch values.
+
+Every epoch a trial ran is an intermediate value, the last one included: when ASHA
+stops a trial (also at `max_t`), Tune hands that epoch's result to `on_trial_complete`
+only, never to `on_trial_result`, so it is reported there. A COMPLETE trial's value is
+its best epoch's, the score `results.json` and MLflow report for it (the tool keeps
+each trial's best-validation weights).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        self._best_values: dict[str, float] = {}  # saved with the searcher's state, so a resume keeps it
 
     @property
     def study(self) -> optuna.Study:
@@ -62,7 +70,14 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         # Report per epoch (Tune's report counter restarts when a trial resumes from a
         # checkpoint Tune did not know about).
         step = result.get("epoch", result.get(TRAINING_ITERATION))
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
+        with warnings.catch_warnings():
+            # An epoch reported twice (a trial restored from a checkpoint re-runs nothing it
+            # reported, but its last epoch may reach us twice): Optuna keeps the first and warns.
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
+        best = self._best_values.get(trial_id)
+        if best is None or (value < best if self.mode == "min" else value > best):
+            self._best_values[trial_id] = value
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -71,12 +86,14 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         result = result or {}
         value = result.get(self.metric)
         finite = value is not None and math.isfinite(value)
+        if finite and not error:
+            self.on_trial_result(trial_id, result)  # the epoch at which the trial stopped
         epochs = result.get("epoch", result.get(TRAINING_ITERATION, 0))
         reached_max_t = trial_status(False, epochs, self._max_t) == COMPLETED
         if error or not finite:
             state, value = TrialState.FAIL, None
         elif reached_max_t:
-            state = TrialState.COMPLETE
+            state, value = TrialState.COMPLETE, self._best_values.get(trial_id, value)
         else:
             state, value = TrialState.PRUNED, None  # Optuna keeps the last reported value
         try:

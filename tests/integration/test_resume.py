@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -113,3 +114,13 @@ def test_resume_uses_the_settings_the_run_was_started_with(base_env, tmp_path):
     assert parents[0].data.tags["finalized"] == "true"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(trial_epochs(experiment))
     assert client.get_model_version_by_alias("smoke", "best").run_id == parents[0].info.run_id
+    # The study, continued by the restored searcher, holds every epoch of every trial once.
+    study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(experiment / "optuna.journal"))))
+    results = json.loads((experiment / "results.json").read_text())
+    assert len(study.trials) == TRIALS
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    for trial in results["trials"]:
+        told = by_id[trial["trial_id"]]
+        assert sorted(told.intermediate_values) == list(range(1, EPOCHS + 1)), trial["trial_id"]
+        assert told.value == trial["score"]

@@ -100,6 +100,18 @@ def test_optuna_study_marks_asha_stopped_trials_pruned(smoke):
     assert TrialState.PRUNED in states.values()
 
 
+def test_the_study_holds_every_epoch_each_trial_ran_and_the_reported_scores(smoke):
+    _, _, experiment, payload = smoke
+    study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(experiment / STUDY_FILE))))
+    by_id = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in study.trials}
+    for trial in payload["trials"]:
+        told = by_id[trial["trial_id"]]
+        assert told.intermediate_values == {h["epoch"]: h["val_loss"] for h in trial["history"]}, trial["trial_id"]
+        if trial["status"] == "completed":
+            assert told.state == TrialState.COMPLETE and told.value == trial["score"]
+
+
 def test_mlflow_holds_one_parent_and_a_child_per_trial_with_full_histories(smoke):
     _, storage, _, payload = smoke
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")

@@ -79,3 +79,41 @@ def test_storage_urls_are_rdb(tmp_path, url, monkeypatch):
 
     assert isinstance(open_storage(url), RDBStorage)
     assert open_storage(None) is None
+
+
+def feed_as_tune_does(search, trial_id, losses):
+    """Tune's order: every epoch but the last to on_trial_result; the epoch at which the scheduler
+    stops the trial (an ASHA rung, or max_t) only to on_trial_complete."""
+    search.suggest(trial_id)
+    for epoch, loss in enumerate(losses[:-1], start=1):
+        search.on_trial_result(trial_id, {"val_loss": loss, "epoch": epoch, "training_iteration": epoch})
+    search.on_trial_complete(trial_id, {"val_loss": losses[-1], "epoch": len(losses),
+                                        "training_iteration": len(losses)})
+
+
+def test_every_epoch_a_trial_ran_is_in_the_study_the_last_one_included():
+    search = searcher()
+    feed_as_tune_does(search, "first_rung", [0.9])
+    feed_as_tune_does(search, "second_rung", [0.9, 0.7])
+    feed_as_tune_does(search, "finished", [0.8, 0.3, 0.4, 0.35])
+    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in search.study.trials}
+    assert trials["first_rung"].intermediate_values == {1: 0.9}
+    assert trials["second_rung"].intermediate_values == {1: 0.9, 2: 0.7}
+    assert trials["finished"].intermediate_values == {1: 0.8, 2: 0.3, 3: 0.4, 4: 0.35}
+    assert [trials[t].state for t in ("first_rung", "second_rung")] == [TrialState.PRUNED] * 2
+    # A complete trial's value is its best epoch's: the score results.json reports for it.
+    assert trials["finished"].state == TrialState.COMPLETE and trials["finished"].value == 0.3
+
+
+def test_a_restored_searcher_keeps_the_best_value_so_far(tmp_path):
+    search = searcher()
+    search.suggest("t")
+    for epoch, loss in enumerate([0.8, 0.2], start=1):
+        search.on_trial_result("t", {"val_loss": loss, "epoch": epoch})
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t", {"val_loss": 0.5, "epoch": 3})
+    restored.on_trial_complete("t", {"val_loss": 0.4, "epoch": 4})
+    (trial,) = restored.study.trials
+    assert trial.value == 0.2 and sorted(trial.intermediate_values) == [1, 2, 3, 4]
