@@ -149,7 +149,8 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--num-samples", type=click.IntRange(min=1), help="Trials to sample.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run --name (default: the latest).")
 @click.option("--dry-run", is_flag=True, help="Validate and show the plan; start nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout at the end.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json (with --dry-run: the plan) as the only "
+              "output on stdout; everything else goes to stderr.")
 @click.option("--dashboard-host", help="Address the local Ray dashboard listens on (default: 127.0.0.1).")
 def run(sweep: str, address: str | None, run_name: str | None, storage: str | None, tracking_uri: str | None,
         overrides: tuple[str, ...], num_samples: int | None, resume: bool, dry_run: bool, as_json: bool,
