@@ -160,6 +160,10 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
         raise UserError("--resume continues a sweep as it was started; it takes no --set or --num-samples")
     if resume and dry_run:
         raise UserError("--resume and --dry-run exclude each other")
+    if run_name is not None:
+        from spaces import check_name
+
+        check_name(run_name, "--name")
     env = Environment.read()
     config = load_run_config(sweep, overrides, flag_values(overrides, num_samples=num_samples, storage=storage),
                              env)

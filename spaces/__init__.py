@@ -11,7 +11,7 @@ from spaces._loader import (
     set_value,
     validate_sweep,
 )
-from spaces._schema import SweepConfig
+from spaces._schema import SweepConfig, check_name
 
 __all__ = [
     "METRIC_MODES",
@@ -24,6 +24,7 @@ __all__ = [
     "Uniform",
     "apply_override",
     "available_sweeps",
+    "check_name",
     "is_distribution",
     "load_sweep",
     "resolve_sweep_path",

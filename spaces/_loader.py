@@ -65,6 +65,8 @@ def read_sweep_document(path: Path) -> dict[str, Any]:
         document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise UserError(f"{path}: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise UserError(f"{path}: is nested too deeply to be a sweep file") from None
     if document is None:
         raise UserError(f"{path}: is empty, but must hold a sweep (at least `epochs` or `space`)")
     if not isinstance(document, dict):
@@ -167,6 +169,8 @@ def apply_override(document: dict[str, Any], override: str) -> None:
         value = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise UserError(f"--set {key}: the value is nested too deeply") from None
     _set(document, path, value)
 
 

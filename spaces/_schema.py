@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.errors import UserError
 from core.names import DATASET_NAMES, METRIC_MODES
 from spaces._distributions import is_distribution, param_spec
 
@@ -15,6 +16,16 @@ BOOL_KINDS = ("choice", "grid")
 FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
 INT_KINDS = ("choice", "grid", "int")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "1-100 letters, digits, _ . or -, starting with a letter or digit"
+MAX_RUNGS = 32  # Ray's ASHA allocates a list per rung: a reduction_factor near 1 would never finish
+
+
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a folder or part of an MLflow filter: no separators, quotes or `..` paths."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"{what} {name!r}: not a valid name ({NAME_RULE})")
 
 LearningRate = Annotated[float, Field(gt=0)]
 L2 = Annotated[float, Field(ge=0)]
@@ -150,10 +161,21 @@ class SweepConfig(_Section):
 def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
     if scheduler.max_t > epochs:
         raise ValueError(f"scheduler.max_t is {scheduler.max_t}, but must be <= epochs ({epochs})")
-    if scheduler.type == "asha" and scheduler.grace_period > scheduler.max_t:
+    if scheduler.type != "asha":
+        return
+    if scheduler.grace_period > scheduler.max_t:
         raise ValueError(
             f"scheduler.grace_period is {scheduler.grace_period}, "
             f"but must be <= max_t ({scheduler.max_t})"
+        )
+    span = scheduler.max_t / scheduler.grace_period
+    rungs = math.log(span) / math.log(scheduler.reduction_factor) if span > 1 else 0
+    if rungs > MAX_RUNGS:
+        smallest = math.ceil(span ** (1 / MAX_RUNGS) * 100) / 100
+        raise ValueError(
+            f"scheduler.reduction_factor is {scheduler.reduction_factor}, which makes {rungs:.3g} ASHA rungs "
+            f"between grace_period {scheduler.grace_period} and max_t {scheduler.max_t}, but at most "
+            f"{MAX_RUNGS} are allowed (use a reduction_factor >= {smallest:g})"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import sys
 import time
@@ -73,10 +74,12 @@ def plan_text(config: SweepConfig) -> str:
 
 
 def asha_rungs(config: SweepConfig) -> list[int]:
-    """The epochs at which ASHA compares trials: grace_period × reduction_factor^k < max_t."""
+    """The epochs at which ASHA compares trials: grace_period × reduction_factor^k < max_t, each at
+    the first whole epoch that reaches it (the schema bounds how many there are)."""
     rungs, rung = [], float(config.scheduler.grace_period)
     while rung < config.scheduler.max_t:
-        rungs.append(int(rung))
+        if math.ceil(rung) not in rungs:
+            rungs.append(math.ceil(rung))
         rung *= config.scheduler.reduction_factor
     return rungs
 

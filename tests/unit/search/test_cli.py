@@ -28,6 +28,11 @@ def run_main(args, capfd):
     (["schedule", "smoke", "--cron", "61 * * * *"], "--cron '61 * * * *': not a cron expression"),
     (["schedule", "smoke", "--cron", "0 * * * *", "--once", "--catch-up"], "--once runs one tick"),
     (["sync-mlflow", "/nonexistent/run"], "not a sweep run folder"),
+    (["run", "smoke", "--name", "../../escape"], "--name '../../escape': not a valid name"),
+    (["run", "smoke", "--name", "a/b"], "--name 'a/b': not a valid name"),
+    (["run", "smoke", "--dry-run", "--set", "scheduler.reduction_factor=1.000000001"],
+     "makes 1.39e+09 ASHA rungs between grace_period 1 and max_t 4, but at most 32 are allowed"),
+    (["run", "smoke", "--set", "epochs=" + "[" * 5000 + "]" * 5000], "--set epochs: the value is nested too deeply"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, expected, capfd):
     code, out, err = run_main(args, capfd)
@@ -71,3 +76,10 @@ def test_the_environment_is_read_once_into_one_object():
                             "RAY_ADDRESS": "", "RAY_AUTH_MODE": "DISABLED"})
     assert env == Environment(storage="s3://b/x", tracking_uri="http://m:5000", ray_address=None,
                               ray_auth_disabled=True)
+
+
+def test_a_deeply_nested_sweep_file_is_one_line(tmp_path, capfd):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: deep\nepochs: " + "[" * 5000 + "]" * 5000 + "\n")
+    code, _, err = run_main(["run", str(deep)], capfd)
+    assert code == 2 and err == f"tune: error: {deep}: is nested too deeply to be a sweep file\n"
