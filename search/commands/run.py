@@ -251,7 +251,7 @@ def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: Trackin
     except Exception as err:
         log.warning("mlflow: could not bring %s up to date (%s: %s); the results are safe in %s; "
                     "replay them with: tune sync-mlflow %s", target.tracking_uri, type(err).__name__,
-                    " ".join(str(err).split())[:200], experiment.uri, experiment.uri)
+                    " ".join(str(err).split())[:200], experiment.uri, shlex.quote(experiment.uri))
         return {"synced": False}
     return {"synced": True, "parent_run_id": report.parent_run_id, "experiment_id": report.experiment_id,
             "runs_url": runs_url(target.tracking_uri, report.experiment_id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -101,4 +102,4 @@ class MlflowCallback(tune.Callback):
             log.warning(
                 "mlflow: %s of the sweep's writes did not reach %s; the results are safe in %s and "
                 "`tune sync-mlflow %s` replays them", pending or self._writer.dropped,
-                self.target.tracking_uri, self.experiment_dir.uri, self.experiment_dir.uri)
+                self.target.tracking_uri, self.experiment_dir.uri, shlex.quote(self.experiment_dir.uri))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -83,10 +84,10 @@ UI_ADDRESS = "http://127.0.0.1:5000"
 
 
 def ui_command(tracking_uri: str) -> str:
-    """The exact command that opens the MLflow UI on this store (bound to loopback)."""
+    """The exact command that opens the MLflow UI on this store (bound to loopback), safe to paste."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        return f"open {shlex.quote(tracking_uri)}"
+    return shlex.join(["mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", "5000"])
 
 
 def runs_url(tracking_uri: str, experiment_id: str | None) -> str | None:

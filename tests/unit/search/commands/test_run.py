@@ -95,3 +95,13 @@ def test_the_resume_command_names_everything_that_is_not_a_default(tmp_path):
     _, experiment, settings = prepare_run(config, RunOptions(run_name="r2"))
     assert resume_command(config, experiment, settings) == (
         f"tune run smoke --name r2 --storage '{tmp_path / 'my runs'}' --resume")
+
+
+def test_printed_commands_are_safe_to_paste(tmp_path):
+    from search.tracking.recorder import ui_command
+
+    odd = f"sqlite:///{tmp_path}/my runs; rm -rf x/mlflow.db"
+    assert shlex.split(ui_command(odd))[3] == odd
+    config = load_sweep("smoke", values={"storage": str(tmp_path / "a $(b)")})
+    _, experiment, settings = prepare_run(config, RunOptions(run_name="r1"))
+    assert shlex.split(resume_command(config, experiment, settings))[6] == str(tmp_path / "a $(b)")
