@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import UserError
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_INTERRUPTED, run_sweep
-from search.engine.storage import is_uri, resolve_storage
+from search.engine.storage import is_uri, resolve_storage, write_atomically
 from spaces import SweepConfig
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ class Schedule:
         state = self.read_state()
         key = tick.strftime(TICK_FORMAT)
         state["ticks"][key] = {**state["ticks"].get(key, {}), **fields}
-        tmp = self.folder / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.folder / STATE_FILE)
+        write_atomically(self.folder / STATE_FILE, json.dumps(state, indent=2).encode())
 
     def unfinished_tick(self) -> datetime | None:
         """A tick whose sweep was started and not finished (stopped, or the scheduler crashed)."""
@@ -152,7 +150,7 @@ class SingleScheduler:
             holder = self._owner.read_text().strip() if self._owner.exists() else "unknown"
             raise UserError(f"another scheduler is running this schedule (pid {holder}, lock "
                             f"{folder / LOCK_FILE}); stop it first") from None
-        self._owner.write_text(str(os.getpid()))
+        write_atomically(self._owner, str(os.getpid()).encode())
 
     def release(self) -> None:
         self._lock.release()

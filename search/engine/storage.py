@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,14 +73,25 @@ class ExperimentDir:
         if not self.is_remote:
             folder = Path(self.uri)
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, folder / name)
+            write_atomically(folder / name, text.encode())
             return
         fs, path = self._fs()
         fs.create_dir(path, recursive=True)
         with fs.open_output_stream(f"{path}/{name}") as f:
             f.write(text.encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` whole: a new temporary file beside it (created exclusively, so a
+    planted symlink is never followed), then a rename over the old one."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_writable(storage: str) -> None:
@@ -89,9 +101,10 @@ def check_writable(storage: str) -> None:
     root = Path(storage)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)  # a new file: no planted link
+        os.write(handle, b"ok")
+        os.close(handle)
+        os.unlink(probe)
     except OSError as err:
         raise UserError(f"storage {root}: cannot write there ({err.strerror})") from None
     free = shutil.disk_usage(root).free

@@ -56,7 +56,7 @@ def test_json_files_are_replaced_whole(tmp_path):
     folder.write_json("results.json", {"a": 1})
     folder.write_json("results.json", {"a": 2})
     assert folder.read_json("results.json") == {"a": 2} and folder.exists()
-    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == ["results.json"]  # no temp file left
+    assert [p.name for p in (tmp_path / "r1").iterdir()] == ["results.json"]  # no temporary file left
 
 
 def test_latest_run_is_the_newest_of_that_sweep(tmp_path):
@@ -66,3 +66,16 @@ def test_latest_run_is_the_newest_of_that_sweep(tmp_path):
         os.utime(tmp_path / name / SWEEP_FILE, (mtime, mtime))
     assert latest_run(str(tmp_path), "smoke") == "smoke-2"
     assert latest_run(str(tmp_path), "other") is None
+
+
+def test_writes_never_follow_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    (folder / "results.json").symlink_to(victim)
+    (folder / ".results.json.tmp").symlink_to(victim)  # the old fixed temporary name
+    ExperimentDir(str(tmp_path), "r1").write_json("results.json", {"a": 1})
+    assert victim.read_text() == "keep me"
+    assert not (folder / "results.json").is_symlink()
+    assert json.loads((folder / "results.json").read_text()) == {"a": 1}
