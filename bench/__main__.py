@@ -21,6 +21,7 @@ from bench import (
     tracking_overhead,
 )
 from bench.common import SCALES, progress, write_result
+from bench.report import NAMED_ONLY
 
 ORDER = [
     ("cli_errors", lambda scale: cli_errors.run(1 if scale == "smoke" else 5)),
@@ -34,7 +35,6 @@ ORDER = [
     # Only when named: the two Optuna arms of search_quality again (after a change to the bridge).
     ("bridge_vs_stock", lambda scale: search_quality.run(search_quality.SETTINGS[scale], search_quality.BRIDGE_ARMS)),
 ]
-NAMED_ONLY = {"bridge_vs_stock"}
 
 
 def main(argv: list[str]) -> None:

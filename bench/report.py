@@ -8,6 +8,8 @@ from typing import Any
 
 from bench.common import RESULTS
 
+NAMED_ONLY = ("bridge_vs_stock",)  # benchmarks `python -m bench` runs only when named
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -152,11 +154,14 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
     any_result = next(iter(r.values()))
     m = any_result["machine"]
-    dates = sorted(v["date"] for v in r.values())
+    named = {k: v for k, v in r.items() if k in NAMED_ONLY}
+    dates = sorted(v["date"] for k, v in r.items() if k not in named)
+    later = "".join(f" `python -m bench {scale} {k}` ran on its own on {v['date']}, on the same machine." for k, v
+                    in named.items())
     out = ["# Benchmarks", "",
            f"One run of `python -m bench {scale}` on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-           f"Python {m['python']}, PyTorch {m['torch']}, from {dates[0]} to {dates[-1]}. The JSON behind every "
-           f"figure is in `bench/results/{scale}/`. `make bench` runs the quick set (under 15 minutes, into "
+           f"Python {m['python']}, PyTorch {m['torch']}, from {dates[0]} to {dates[-1]}.{later} The JSON behind "
+           f"every figure is in `bench/results/{scale}/`. `make bench` runs the quick set (under 15 minutes, into "
            "`bench/results/quick/`); `make bench-full` runs this one and rewrites this file.", "",
            "This is a shared virtual machine: its speed drifts by ±20% from minute to minute, so every figure "
            "below is a ratio of two things measured in the same run, close together in time.", "",
