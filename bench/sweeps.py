@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import mnist_dir, progress
+from search.cli import prepare_tracking
 from search.commands.options import RunOptions
 from search.commands.run import run_sweep
 from spaces import validate_sweep
@@ -21,6 +22,7 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: 
         document["data"] = {**document["data"], "dir": mnist_dir()}
     config = validate_sweep(document)
     progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")
+    prepare_tracking()  # what `tune run` sets up before a sweep
     outcome = run_sweep(config, RunOptions(run_name=run_name, as_json=True), optuna_class)
     if outcome.exit_code != 0:
         raise RuntimeError(f"sweep {run_name} exited {outcome.exit_code}")
