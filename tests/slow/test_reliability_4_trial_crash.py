@@ -32,8 +32,11 @@ def kill_trial_process(experiment: Path, trial_id: str, acted: dict[str, int], t
         rows = tune_result_rows(experiment).get(trial_id, [])
         if len(rows) > acted.get(trial_id, 0) and rows[-1]["epoch"] <= EPOCHS - 3:
             time.sleep(0.2)  # into the next epoch
-            os.kill(rows[-1]["pid"], signal.SIGKILL)
             acted[trial_id] = len(rows)
+            try:
+                os.kill(rows[-1]["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # a report of the process killed last time, processed late: wait for a fresh one
             return
         assert time.time() < deadline, f"trial {trial_id} reported nothing new: {[r['epoch'] for r in rows]}"
         time.sleep(0.05)
