@@ -109,10 +109,17 @@ def new_settings(options: RunOptions, sweep_tracking_uri: str | None, local_root
 
 
 def resumed_settings(saved: RunSettings, options: RunOptions, where: str) -> RunSettings:
-    """A resumed run keeps its saved settings; a flag may change the cluster, never the store."""
+    """A resumed run keeps its saved settings; a flag may change the cluster, never the store.
+
+    The store is never switched silently: a `--tracking-uri` or, without one, an
+    `MLFLOW_TRACKING_URI` that names another store than the saved one is refused.
+    """
     if options.tracking_uri and options.tracking_uri != saved.tracking_uri:
         raise UserError(f"--tracking-uri {options.tracking_uri} differs from {saved.tracking_uri}, the store "
                         f"{where} was started with; resume it without --tracking-uri (or with that one)")
+    if not options.tracking_uri and options.env.tracking_uri and options.env.tracking_uri != saved.tracking_uri:
+        raise UserError(f"MLFLOW_TRACKING_URI {options.env.tracking_uri} differs from {saved.tracking_uri}, the "
+                        f"store {where} was started with; unset it, or pass --tracking-uri {saved.tracking_uri}")
     return replace(saved, address=options.address or options.env.ray_address or saved.address,
                    dashboard_host=options.dashboard_host or saved.dashboard_host,
                    tags={**saved.tags, **options.tags})

@@ -239,8 +239,10 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow.
 
     The store is `tracking_uri` when given, else the one the run was started with (saved in
-    run.json); a run saved before that was recorded falls back to the sweep's store, then
-    `env_tracking_uri`, then SQLite beside the results.
+    run.json; an `env_tracking_uri` naming another store is refused rather than silently
+    switched from); a run saved before that was recorded falls back to the sweep's store, then
+    `env_tracking_uri`, then SQLite beside the results. The sweep file named in sweep.json is not
+    uploaded (the folder is not trusted to name files on this machine); the resolved sweep is.
     """
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
@@ -254,11 +256,15 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     saved = experiment.read_json(SWEEP_FILE) if experiment.exists() else None
     if saved is None:
         raise UserError(f"{experiment_dir}: not a sweep run folder (no {SWEEP_FILE})")
-    source = saved.pop("source", None)
-    config = validate_sweep(saved, Path(source) if source else None)
+    saved.pop("source", None)
+    config = validate_sweep(saved)
     run = experiment.read_json(RUN_FILE) or {}
     settings = run.get("settings") or {}
-    store = (tracking_uri or settings.get("tracking_uri") or config.mlflow.tracking_uri or env_tracking_uri
+    saved_uri = settings.get("tracking_uri")
+    if not tracking_uri and env_tracking_uri and saved_uri and env_tracking_uri != saved_uri:
+        raise UserError(f"MLFLOW_TRACKING_URI {env_tracking_uri} differs from {saved_uri}, the store "
+                        f"{experiment_dir} was started with; pass --tracking-uri to choose the store")
+    store = (tracking_uri or saved_uri or config.mlflow.tracking_uri or env_tracking_uri
              or default_tracking_uri(local_root(experiment)))
     target = target_for(config, run_name, store, local_root(experiment))
     snapshot = load_trials(experiment.uri, config)

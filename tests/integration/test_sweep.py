@@ -177,3 +177,33 @@ def test_dry_run_counts_trials_and_starts_nothing(base_env, tmp_path: Path, swee
     assert result.returncode == 0
     assert f"trials: {trials}" in result.stdout and "epoch budget" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_sync_mlflow_uploads_no_file_the_run_folder_names(smoke, base_env, tmp_path):
+    """A run folder is not trusted to name files of this machine: its sweep.json `source` is not uploaded."""
+    import shutil
+
+    _, _, experiment, _ = smoke
+    copy = tmp_path / "runs" / "smoke-test"
+    shutil.copytree(experiment, copy)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not upload")
+    sweep = json.loads((copy / "sweep.json").read_text())
+    (copy / "sweep.json").write_text(json.dumps({**sweep, "source": str(secret)}))
+    store = f"sqlite:///{tmp_path / 'replayed.db'}"
+    result = run_cli(["sync-mlflow", str(copy), "--tracking-uri", store], base_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    parent = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                                filter_string="tags.role = 'sweep'")[0]
+    uploaded = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert uploaded == {"sweep.json"}
+
+
+def test_sync_mlflow_refuses_to_switch_stores_silently(smoke, base_env):
+    _, _, experiment, _ = smoke
+    env = {**base_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/elsewhere"}
+    result = run_cli(["sync-mlflow", str(experiment)], env)
+    assert result.returncode == 2
+    assert "MLFLOW_TRACKING_URI http://127.0.0.1:9/elsewhere differs from" in result.stderr
+    assert result.stderr.count("\n") == 1

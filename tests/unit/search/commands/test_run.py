@@ -40,10 +40,16 @@ def test_resume_uses_the_saved_settings_and_the_saved_sweep(tmp_path):
     saved = RunSettings(tracking_uri="sqlite:////elsewhere/other.db", address="10.0.0.1:6379",
                         tags={"schedule": "smoke"})
     config = started_run(tmp_path, saved)
-    options = RunOptions(run_name="r1", resume=True, env=Environment(tracking_uri="http://env:5000"))
+    options = RunOptions(run_name="r1", resume=True)
     resumed, experiment, settings = prepare_run(config, options)
     assert resumed.epochs == 3 and experiment.uri == f"{tmp_path}/r1"
-    assert settings == saved  # neither MLFLOW_TRACKING_URI nor the defaults replace what the run started with
+    assert settings == saved  # the defaults do not replace what the run started with
+    # MLFLOW_TRACKING_URI naming another store is refused, unless the flag names the saved one.
+    elsewhere = Environment(tracking_uri="http://env:5000")
+    with pytest.raises(UserError, match="MLFLOW_TRACKING_URI http://env:5000 differs from sqlite:////elsewhere"):
+        prepare_run(config, RunOptions(run_name="r1", resume=True, env=elsewhere))
+    flagged = RunOptions(run_name="r1", resume=True, tracking_uri=saved.tracking_uri, env=elsewhere)
+    assert prepare_run(config, flagged)[2] == saved
 
 
 def test_resume_with_another_tracking_uri_is_refused_naming_both(tmp_path):
