@@ -62,16 +62,24 @@ def read_sweep_document(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: {_yaml_problem(err)}") from None
-    except RecursionError:
-        raise UserError(f"{path}: is nested too deeply to be a sweep file") from None
+        document = _parse_yaml(text)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
     if document is None:
         raise UserError(f"{path}: is empty, but must hold a sweep (at least `epochs` or `space`)")
     if not isinstance(document, dict):
         raise UserError(f"{path}: holds a {type(document).__name__}, but must hold a mapping of keys")
     return document
+
+
+def _parse_yaml(text: str) -> Any:
+    """Safe-load YAML without aliases; any problem, deep nesting included, is a ValueError saying where."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ValueError(_yaml_problem(err)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a sweep") from None
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -166,11 +174,9 @@ def apply_override(document: dict[str, Any], override: str) -> None:
         raise UserError(f"--set {override}: must be KEY=VALUE, e.g. --set lr=0.01")
     path = key_path(key)
     try:
-        value = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})") from None
-    except RecursionError:
-        raise UserError(f"--set {key}: the value is nested too deeply") from None
+        value = _parse_yaml(raw)
+    except ValueError as err:
+        raise UserError(f"--set {key}: value {raw[:50]!r} is not valid YAML ({err})") from None
     _set(document, path, value)
 
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from core.errors import UserError
+from search.engine.storage import DEFAULT_DASHBOARD_HOST, RunSettings
 from search.tracking.recorder import default_tracking_uri
 
 STORAGE_ENV = "SWEEP_STORAGE"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
-DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -51,29 +50,6 @@ def drop_tensorboard_logger() -> None:
     """Tune adds a TensorBoard logger (and prints a hint for it) unless told not to; this tool
     keeps Tune's JSON and CSV loggers (the tuner adds them) and tracks in MLflow instead."""
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What a run was started with, beyond its sweep file; saved in `run.json`, reused by `--resume`."""
-
-    tracking_uri: str
-    address: str | None = None
-    dashboard_host: str = DEFAULT_DASHBOARD_HOST
-    tags: dict[str, str] = field(default_factory=dict)  # extra parent-run tags (scheduled ticks)
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> RunSettings | None:
-        """The settings saved by this version, or None for a run saved before they were."""
-        saved = document.get("settings")
-        if not isinstance(saved, Mapping) or not saved.get("tracking_uri"):
-            return None
-        return cls(tracking_uri=str(saved["tracking_uri"]), address=saved.get("address"),
-                   dashboard_host=saved.get("dashboard_host") or DEFAULT_DASHBOARD_HOST,
-                   tags=dict(saved.get("tags") or {}))
 
 
 @dataclass(frozen=True)
@@ -117,9 +93,9 @@ def resumed_settings(saved: RunSettings, options: RunOptions, where: str) -> Run
     if options.tracking_uri and options.tracking_uri != saved.tracking_uri:
         raise UserError(f"--tracking-uri {options.tracking_uri} differs from {saved.tracking_uri}, the store "
                         f"{where} was started with; resume it without --tracking-uri (or with that one)")
-    if not options.tracking_uri and options.env.tracking_uri and options.env.tracking_uri != saved.tracking_uri:
-        raise UserError(f"MLFLOW_TRACKING_URI {options.env.tracking_uri} differs from {saved.tracking_uri}, the "
-                        f"store {where} was started with; unset it, or pass --tracking-uri {saved.tracking_uri}")
+    if not options.tracking_uri:
+        saved.refuse_another_store(options.env.tracking_uri, where,
+                                   f"unset it, or pass --tracking-uri {saved.tracking_uri}")
     return replace(saved, address=options.address or options.env.ray_address or saved.address,
                    dashboard_host=options.dashboard_host or saved.dashboard_host,
                    tags={**saved.tags, **options.tags})

@@ -15,13 +15,15 @@ import yaml
 
 from core.errors import UserError
 from core.names import ERRORED
-from search.commands.options import DEFAULT_DASHBOARD_HOST, RunOptions, RunSettings, new_settings, resumed_settings
+from search.commands.options import RunOptions, new_settings, resumed_settings
 from search.engine.storage import (
+    DEFAULT_DASHBOARD_HOST,
     RESULTS_FILE,
     RUN_FILE,
     STUDY_FILE,
     SWEEP_FILE,
     ExperimentDir,
+    RunSettings,
     check_writable,
     default_run_name,
     latest_run,

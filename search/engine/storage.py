@@ -7,13 +7,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 SWEEP_FILE = "sweep.json"
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -92,6 +94,36 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run was started with, beyond its sweep file; saved in `run.json`, reused by `--resume`."""
+
+    tracking_uri: str
+    address: str | None = None
+    dashboard_host: str = DEFAULT_DASHBOARD_HOST
+    tags: dict[str, str] = field(default_factory=dict)  # extra parent-run tags (scheduled ticks)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> RunSettings | None:
+        """The settings saved by this version, or None for a run saved before they were."""
+        saved = document.get("settings")
+        if not isinstance(saved, Mapping) or not saved.get("tracking_uri"):
+            return None
+        return cls(tracking_uri=str(saved["tracking_uri"]), address=saved.get("address"),
+                   dashboard_host=saved.get("dashboard_host") or DEFAULT_DASHBOARD_HOST,
+                   tags=dict(saved.get("tags") or {}))
+
+    def refuse_another_store(self, env_tracking_uri: str | None, where: str, remedy: str) -> None:
+        """An `MLFLOW_TRACKING_URI` naming another store than this run's is refused: never switch silently."""
+        if env_tracking_uri and env_tracking_uri != self.tracking_uri:
+            raise UserError(f"MLFLOW_TRACKING_URI {env_tracking_uri} differs from {self.tracking_uri}, the "
+                            f"store {where} was started with; {remedy}")
+
 
 
 def check_writable(storage: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.engine.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir
+from search.engine.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir, RunSettings
 from search.engine.trials import TrialsSnapshot
 from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
 from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
@@ -259,18 +259,16 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     saved.pop("source", None)
     config = validate_sweep(saved)
     run = experiment.read_json(RUN_FILE) or {}
-    settings = run.get("settings") or {}
-    saved_uri = settings.get("tracking_uri")
-    if not tracking_uri and env_tracking_uri and saved_uri and env_tracking_uri != saved_uri:
-        raise UserError(f"MLFLOW_TRACKING_URI {env_tracking_uri} differs from {saved_uri}, the store "
-                        f"{experiment_dir} was started with; pass --tracking-uri to choose the store")
-    store = (tracking_uri or saved_uri or config.mlflow.tracking_uri or env_tracking_uri
+    settings = RunSettings.from_json(run)
+    if settings is not None and not tracking_uri:
+        settings.refuse_another_store(env_tracking_uri, experiment_dir, "pass --tracking-uri to choose the store")
+    store = (tracking_uri or (settings and settings.tracking_uri) or config.mlflow.tracking_uri or env_tracking_uri
              or default_tracking_uri(local_root(experiment)))
     target = target_for(config, run_name, store, local_root(experiment))
     snapshot = load_trials(experiment.uri, config)
     results = experiment.read_json(RESULTS_FILE)
     _restore_test_metrics(snapshot.trials, results)
-    end = SweepEnd(results=results, tags=settings.get("tags") or run.get("tags") or {})
+    end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {})
     return sync_sweep(config, experiment, target, snapshot, end, timeout_s=timeout_s)
 
 
