@@ -68,11 +68,13 @@ def flag_values(overrides: Sequence[str], **flags: object) -> dict[str, Any]:
 
 def load_run_config(sweep: str, overrides: Sequence[str], values: Mapping[str, Any], env: Environment
                     ) -> SweepConfig:
-    """The sweep with its overrides; `SWEEP_STORAGE` applies when neither the file nor a flag sets storage."""
+    """The sweep with its overrides. Storage precedence: `--storage` (or `--set storage=…`),
+    then `SWEEP_STORAGE`, then the sweep file's `storage`, then `runs`."""
     from spaces import load_sweep
 
     config = load_sweep(sweep, overrides, values=values)
-    if env.storage and "storage" not in config.model_fields_set:
+    flagged = "storage" in values or any(o.partition("=")[0].strip() == "storage" for o in overrides)
+    if env.storage and not flagged:
         config = config.model_copy(update={"storage": env.storage})
     return config
 
@@ -141,8 +143,8 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--address", help="Ray cluster to use: auto, HOST:PORT or ray://… (default: RAY_ADDRESS, "
               "else a local Ray).")
 @click.option("--name", "run_name", help="Name of this run (default: <sweep>-<UTC time>).")
-@click.option("--storage", help="Where results go: a folder or s3://… (default: the sweep's `storage`, "
-              "else SWEEP_STORAGE, else ./runs).")
+@click.option("--storage", help="Where results go: a folder or s3://… (default: SWEEP_STORAGE, else the "
+              "sweep's `storage`, else ./runs).")
 @click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default: the sweep's "
               "mlflow.tracking_uri, else MLFLOW_TRACKING_URI, else SQLite in the storage folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
@@ -189,7 +191,7 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
 @click.option("--once", is_flag=True, help="Run the latest due tick and exit (for cron or a CronJob); "
               "a tick that already ran is not run again.")
 @click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
-@click.option("--storage", help="Where results go (default: the sweep's `storage`, else SWEEP_STORAGE).")
+@click.option("--storage", help="Where results go (default: SWEEP_STORAGE, else the sweep's `storage`, else ./runs).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default as for `tune run`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: bool, once: bool,

@@ -61,10 +61,15 @@ def test_sigint_then_resume_completes_the_sweep(base_env, tmp_path):
     assert results["status"] == "finished" and results["num_trials"] == TRIALS
     after = trial_epochs(experiment)
     assert len(after) == TRIALS
-    for trial_id, epochs in after.items():
-        assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
-        assert epochs.count(1) == 1, f"trial {trial_id} restarted at epoch 1: {epochs}"
+    for trial_id, epochs in after.items():  # what Tune saw trained, from its own result files
+        # Tune's rows may lack the epochs before a restore: Ctrl-C lets Tune process a last
+        # report after its final snapshot, and the trial then continues from the checkpoint
+        # it wrote (see trainables/trainable.py) while Tune's result file starts afresh.
+        assert epochs[-1] == EPOCHS, (trial_id, epochs)
+        assert epochs.count(1) <= 1, f"trial {trial_id} restarted at epoch 1: {epochs}"
         assert all(b >= a - 1 for a, b in itertools.pairwise(epochs)), (trial_id, epochs)
+    for trial in results["trials"]:  # every epoch on record, once
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), trial
 
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])

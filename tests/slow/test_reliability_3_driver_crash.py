@@ -62,7 +62,9 @@ def test_driver_killed_three_times_then_resumed(ray_head, base_env, tmp_path):
     epochs = trial_epochs(experiment)
     assert len(epochs) == TRIALS
     for trial_id, seen in epochs.items():  # what Tune saw trained, from its own result files
-        assert seen.count(1) == 1, f"{trial_id} started over although it had a checkpoint: {seen}"
+        # A kill between a checkpoint and Tune's next snapshot leaves Tune's file without the
+        # epochs before it; the trial continues from its checkpoint (never from epoch 1 again).
+        assert seen.count(1) <= 1, f"{trial_id} started over although it had a checkpoint: {seen}"
     for trial in results["trials"]:  # every epoch on record, once
         assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), (trial, delays)
 

@@ -66,10 +66,18 @@ def test_a_flag_and_a_set_for_the_same_key_are_refused():
         flag_values(["epochs=3"], epochs=2)
 
 
-def test_sweep_storage_applies_only_when_nothing_else_sets_storage():
+def test_storage_precedence_is_flag_then_sweep_storage_then_file_then_default(tmp_path):
     env = Environment(storage="/from/env")
     assert load_run_config("smoke", [], {}, env).storage == "/from/env"
     assert load_run_config("smoke", [], {"storage": "/flag"}, env).storage == "/flag"
+    assert load_run_config("smoke", ["storage=/set"], {}, env).storage == "/set"
+    # A sweep file that spells out the default does not override SWEEP_STORAGE (on a cluster, S3).
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("name: mine\nstorage: runs\nspace:\n  lr: 0.001\n")
+    assert load_run_config(str(sweep), [], {}, env).storage == "/from/env"
+    assert load_run_config(str(sweep), [], {}, Environment()).storage == "runs"
+    sweep.write_text("name: mine\nstorage: /from/file\nspace:\n  lr: 0.001\n")
+    assert load_run_config(str(sweep), [], {}, Environment()).storage == "/from/file"
 
 
 def test_the_environment_is_read_once_into_one_object():
