@@ -83,10 +83,10 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeo
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def start_cli(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_cli(args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     """Start `python -m search ARGS` in the background, output to `log_path`."""
     log = log_path.open("w")
-    return subprocess.Popen([sys.executable, "-m", "search", *args], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "search", *args], env=env, cwd=cwd or REPO,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -164,3 +164,52 @@ def ray_head() -> Iterator[RayNode]:
         yield node
     finally:
         stop_process(node.proc)
+
+
+@dataclass
+class S3Server:
+    """A loopback S3-compatible server (moto's) with one bucket; `env` points AWS clients at it."""
+
+    proc: subprocess.Popen
+    endpoint: str
+    bucket: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        # The standard AWS variables: pyarrow (Tune's storage, this tool) and boto3 both read them.
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+    def uri(self, path: str) -> str:
+        return f"s3://{self.bucket}/{path}"
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """`moto_server` on 127.0.0.1 with the bucket `sweeps-test`; this process's environment points
+    at it for the test; stopped by pid."""
+    binary = Path(sys.executable).parent / "moto_server"
+    require(binary.exists(), "moto_server (pip install 'moto[server]')")
+    port = free_port()
+    log = (tmp_path / "moto.log").open("w")
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(proc, f"http://127.0.0.1:{port}", "sweeps-test")
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto_server did not start: {(tmp_path / 'moto.log').read_text()}") from None
+                time.sleep(0.2)
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        import boto3
+
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        stop_process(proc)

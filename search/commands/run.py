@@ -194,16 +194,21 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data,
     from search.engine import cluster
     from search.engine.tuner import build_searcher, build_tuner, restore_tuner
 
+    journal = experiment.study_journal()
     if options.resume and tune.Tuner.can_restore(experiment.uri):
         print(f"resuming {experiment.uri}", file=sys.stderr)
+        if experiment.is_remote:  # the study as of Tune's last snapshot, consistent with its state
+            experiment.download(STUDY_FILE, journal)
         return restore_tuner(config, trial_data, experiment.uri), None
     if options.resume:
         print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "
               "starting it afresh", file=sys.stderr)
+    if experiment.is_remote:
+        journal.unlink(missing_ok=True)  # a working copy left by an older run of the same URI
     slots = config.search.max_concurrent_trials or cluster.slots(config.resources.cpu, config.resources.gpu)
     callback = _tracking_callback(config, experiment, target, settings.tags)
-    study = None if experiment.is_remote else f"{experiment.uri}/{STUDY_FILE}"
-    tuner = build_tuner(config, trial_data, build_searcher(config, study, optuna_class),
+    searcher = build_searcher(config, str(journal), optuna_class, upload_journal=experiment.is_remote)
+    tuner = build_tuner(config, trial_data, searcher,
                         storage=experiment.storage, run_name=experiment.run_name, max_concurrent_trials=slots,
                         verbose=0 if options.as_json else 1, callbacks=[callback])
     return tuner, callback

@@ -26,6 +26,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from core.names import COMPLETED, trial_status
+from search.engine.storage import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,19 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
 class BudgetAwareOptunaSearch(OptunaSearch):
     """`OptunaSearch` that reports trials stopped before `max_t` as PRUNED."""
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, journal_copy: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._best_values: dict[str, float] = {}  # saved with the searcher's state, so a resume keeps it
+        self._journal_copy = journal_copy
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune's snapshot of the searcher, plus (for a run on cloud storage) a copy of the study's
+        journal: Tune uploads the folder to the run folder, so the study lives with the run."""
+        super().save_to_dir(checkpoint_dir, session_str)
+        journal = Path(self._journal_copy) if self._journal_copy else None
+        if journal is not None and journal.exists():
+            write_atomically(Path(checkpoint_dir) / journal.name, journal.read_bytes())
 
     @property
     def study(self) -> optuna.Study:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +69,40 @@ class ExperimentDir:
                 return json.loads(f.read().decode())
         except FileNotFoundError:
             return None
+
+    def sweep_name(self) -> str | None:
+        """The `name` in this run's `sweep.json` (None when missing or unreadable)."""
+        try:
+            document = self.read_json(SWEEP_FILE)
+        except (OSError, ValueError):
+            return None
+        return document.get("name") if isinstance(document, dict) else None
+
+    def study_journal(self) -> Path:
+        """Where the driver keeps this run's Optuna journal (`optuna.journal`).
+
+        Local storage: in the run folder itself. Cloud storage: a working copy at
+        `runs/.studies/<run>-<hash of the URI>/`, a path relative to the driver's folder, because
+        Tune's saved searcher state names it: a driver restarted anywhere (another folder, a new
+        head node) downloads the run's copy to the same relative path and continues the study.
+        Every Tune snapshot uploads a copy to the run folder.
+        """
+        if not self.is_remote:
+            return Path(self.uri) / STUDY_FILE
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+        return Path("runs") / ".studies" / f"{self.run_name}-{key}" / STUDY_FILE
+
+    def download(self, name: str, destination: Path) -> bool:
+        """Copy a file of this folder to `destination` (replaced whole); False when it has none."""
+        fs, path = self._fs()
+        try:
+            with fs.open_input_stream(f"{path}/{name}") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(destination, data)
+        return True
 
     def write_json(self, name: str, payload: Any) -> None:
         """Write atomically where the file system allows (local: temp file + rename)."""
@@ -148,20 +183,28 @@ def check_writable(storage: str) -> None:
 
 
 def latest_run(storage: str, sweep_name: str) -> str | None:
-    """The most recently started run of `sweep_name` in local storage, if any."""
-    if is_uri(storage):
-        return None
-    root = Path(storage)
-    runs = [p for p in root.glob(f"{sweep_name}*") if (p / SWEEP_FILE).exists()]
-    runs = [p for p in runs if _sweep_name_of(p) == sweep_name]
-    return max(runs, key=lambda p: (p / SWEEP_FILE).stat().st_mtime).name if runs else None
+    """The most recently started run of `sweep_name` in `storage` (a folder or a cloud URI), if any.
 
+    Listed through pyarrow's file system, as Tune reads storage: the run folders whose name starts
+    with the sweep's and whose `sweep.json` names it; the newest `sweep.json` wins.
+    """
+    import pyarrow.fs
 
-def _sweep_name_of(run_dir: Path) -> str | None:
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage if is_uri(storage) else str(Path(storage).resolve()))
     try:
-        return json.loads((run_dir / SWEEP_FILE).read_text()).get("name")
-    except (OSError, ValueError):
+        folders = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError as err:
+        raise UserError(f"storage {storage}: cannot list it ({err})") from None
+    candidates = [f.base_name for f in folders
+                  if f.type == pyarrow.fs.FileType.Directory and f.base_name.startswith(sweep_name)]
+    if not candidates:
         return None
+    sweep_files = fs.get_file_info([f"{root}/{name}/{SWEEP_FILE}" for name in candidates])
+    started = {}
+    for name, info in zip(candidates, sweep_files, strict=True):
+        if info.type == pyarrow.fs.FileType.File and ExperimentDir(storage, name).sweep_name() == sweep_name:
+            started[name] = info.mtime_ns or 0
+    return max(started, key=lambda name: (started[name], name)) if started else None
 
 
 def default_run_name(sweep_name: str) -> str:

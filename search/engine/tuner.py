@@ -36,14 +36,16 @@ def tpe_startup_trials(num_samples: int) -> int:
 
 
 def build_searcher(config: SweepConfig, default_storage: str | None = None,
-                   optuna_class: type[OptunaSearch] | None = None) -> Searcher | SearchAlgorithm:
+                   optuna_class: type[OptunaSearch] | None = None, *,
+                   upload_journal: bool = False) -> Searcher | SearchAlgorithm:
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
     `optuna_class` is the Tune searcher that wraps the study (default: the PRUNED-aware bridge;
     benchmarks compare Ray's stock `OptunaSearch`); it takes `max_t` besides OptunaSearch's
     arguments. The study lives in `search.storage` when the sweep names one, else in
-    `default_storage` (a journal file beside the Tune experiment), else in memory. A space with
-    nothing to search repeats its one configuration `num_samples` times.
+    `default_storage` (a journal file beside the Tune experiment, or its local working copy for
+    a run on cloud storage: `upload_journal` then has every Tune snapshot upload it), else in
+    memory. A space with nothing to search repeats its one configuration `num_samples` times.
     """
     search = config.search
     if search.algorithm == "optuna" and config.space.searched():
@@ -62,6 +64,7 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
             storage=open_storage(search.storage or default_storage),
             study_name=search.study_name or config.name,
             max_t=config.scheduler.max_t,
+            **({"journal_copy": default_storage} if upload_journal and not search.storage else {}),
         )
     return BasicVariantGenerator(random_state=search.seed)
 

@@ -1,0 +1,117 @@
+"""Cloud storage as a full home, against a loopback S3 server (moto's): the latest run is found
+there, a resume reads everything back from it, and the Optuna study lives with the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.fs
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend
+
+from search.engine.storage import STUDY_FILE, SWEEP_FILE, ExperimentDir, latest_run
+from tests.conftest import run_cli, start_cli, stop_process
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+TRIALS = 8
+
+
+def test_latest_run_and_downloads_work_on_s3(s3_server, tmp_path):
+    storage = s3_server.uri("sweeps")
+    assert latest_run(storage, "smoke") is None  # nothing there yet: not an error
+    for name, sweep in (("smoke-1", "smoke"), ("smoke_x-2", "smoke_x"), ("smoke-3", "smoke")):
+        ExperimentDir(storage, name).write_json(SWEEP_FILE, {"name": sweep})
+        time.sleep(1.1)  # S3 keeps modification times to the second
+    ExperimentDir(storage, "smoke-4").write_json("results.json", {})  # no sweep.json: not a run
+    assert latest_run(storage, "smoke") == "smoke-3"
+    assert latest_run(storage, "smoke_x") == "smoke_x-2"
+
+    run = ExperimentDir(storage, "smoke-3")
+    assert run.download(SWEEP_FILE, tmp_path / "copy" / SWEEP_FILE)
+    assert json.loads((tmp_path / "copy" / SWEEP_FILE).read_text()) == {"name": "smoke"}
+    assert not run.download(STUDY_FILE, tmp_path / "copy" / STUDY_FILE)
+    # The working copy of a cloud run's study: relative, so any driver folder finds its own copy.
+    journal = run.study_journal()
+    assert not journal.is_absolute() and journal.name == STUDY_FILE
+    assert journal != ExperimentDir(s3_server.uri("other"), "smoke-3").study_journal()
+
+
+def s3_files(storage: str, run_name: str) -> list[str]:
+    fs, root = pyarrow.fs.FileSystem.from_uri(f"{storage}/{run_name}")
+    selector = pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
+    return [info.path.removeprefix(root + "/") for info in fs.get_file_info(selector)]
+
+
+def read_s3(uri: str) -> bytes:
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def snapshot_with_checkpoints(storage: str) -> bool:
+    name = latest_run(storage, "smoke")
+    if name is None:
+        return False
+    files = s3_files(storage, name)
+    return (any(f.startswith("experiment_state") for f in files)
+            and sum("/checkpoint_" in f and f.endswith("/meta.json") for f in files) >= 2)
+
+
+def test_a_run_on_s3_resumes_without_its_name_and_keeps_its_study_there(s3_server, base_env, tmp_path, mnist_dir):
+    env = {**base_env, **s3_server.env}
+    storage = s3_server.uri("sweeps")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first_dir, second_dir = tmp_path / "laptop", tmp_path / "new-head"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = start_cli(["run", "smoke", "--storage", storage, "--tracking-uri", store, "--set", "scheduler.type=fifo",
+                       "--set", f"epochs={EPOCHS}"], env, tmp_path / "first.log", cwd=first_dir)
+    try:
+        # Interrupt once Tune has uploaded a snapshot and trials have checkpointed to S3.
+        deadline = time.time() + 240
+        while not snapshot_with_checkpoints(storage):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no snapshot on S3 within 240 s"
+            time.sleep(1)
+        os.kill(first.pid, signal.SIGINT)
+        assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        stop_process(first)
+    run_name = latest_run(storage, "smoke")
+    log = (tmp_path / "first.log").read_text()
+    assert f"resume with: tune run smoke --name {run_name} --storage {storage} --tracking-uri {store}" in log
+    assert not (first_dir / "runs" / "mlflow.db").exists()  # the store named by --tracking-uri, saved
+
+    # Another folder (a new head node): no local state at all, everything comes back from S3.
+    second = run_cli(["run", "smoke", "--storage", storage, "--resume"], env, cwd=second_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming {storage}/{run_name}" in second.stderr
+    results = json.loads(read_s3(f"{storage}/{run_name}/results.json"))
+    assert results["status"] == "finished" and results["num_trials"] == TRIALS
+    for trial in results["trials"]:
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), trial
+
+    # The study lives with the run: download it and read it with plain Optuna.
+    journal = tmp_path / STUDY_FILE
+    journal.write_bytes(read_s3(f"{storage}/{run_name}/{STUDY_FILE}"))
+    study = optuna.load_study(study_name="smoke",
+                              storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    assert len(study.trials) == TRIALS
+    assert all(t.state.is_finished() for t in study.trials), [t.state for t in study.trials]
+    ray_ids = sorted(t.user_attrs["ray_trial_id"] for t in study.trials)
+    assert ray_ids == sorted(t["trial_id"] for t in results["trials"])
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1
+    assert sum(r.data.tags.get("role") == "trial" for r in runs) == TRIALS
+    assert not (second_dir / "runs" / "mlflow.db").exists()
+    assert (second_dir / Path(ExperimentDir(storage, run_name).study_journal())).exists()
