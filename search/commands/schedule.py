@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import UserError
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_INTERRUPTED, run_sweep
-from search.engine.storage import is_uri, resolve_storage, write_atomically
+from search.engine.storage import ExperimentDir, is_uri, resolve_storage, write_atomically
 from spaces import SweepConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,12 @@ class Schedule:
         # Lock and state need a local file system, even when results go to a cloud URI.
         root = Path("runs").resolve() if is_uri(storage) else Path(storage)
         self.folder = root / f"{config.name}.schedule"
+        # The study lives with the runs: on a cloud URI in `<storage>/<sweep>.schedule/`, worked on
+        # through a local copy at a path relative to the scheduler's folder (a tick's saved Tune
+        # state names it), fetched when this machine has none and uploaded after every tick.
+        self.cloud_folder = ExperimentDir(storage, f"{config.name}.schedule") if is_uri(storage) else None
+        self.journal = (Path("runs") / self.folder.name / STUDY_JOURNAL if self.cloud_folder
+                        else self.folder / STUDY_JOURNAL)
         self._state: dict[str, Any] | None = None
 
     # --- time -------------------------------------------------------------------
@@ -93,6 +99,20 @@ class Schedule:
             if len(ticks) > 10_000:
                 break
         return ticks
+
+    # --- the study -------------------------------------------------------------------
+
+    def fetch_study(self) -> None:
+        """On cloud storage, bring the schedule's study to this machine when it has no copy (a new
+        head node, another folder)."""
+        if self.cloud_folder is not None and not self.journal.exists() \
+                and self.cloud_folder.download(STUDY_JOURNAL, self.journal):
+            log.info("schedule %s: continuing the study kept at %s/%s", self.config.name,
+                     self.cloud_folder.uri, STUDY_JOURNAL)
+
+    def upload_study(self) -> None:
+        if self.cloud_folder is not None and self.journal.exists():
+            self.cloud_folder.upload(STUDY_JOURNAL, self.journal)
 
     # --- state --------------------------------------------------------------------
 
@@ -245,7 +265,7 @@ def tick_config(schedule: Schedule) -> SweepConfig:
     config = schedule.config
     finished = sum(t.get("status") == "finished" for t in schedule.read_state()["ticks"].values())
     search = config.search.model_copy(update={
-        "storage": config.search.storage or str(schedule.folder / STUDY_JOURNAL),
+        "storage": config.search.storage or str(schedule.journal),
         "study_name": config.search.study_name or config.name,
         "seed": config.search.seed + finished,
     })
@@ -256,8 +276,7 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     """Run (or resume) the sweep of one tick and record how it ended."""
     from ray import tune
 
-    from search.engine.storage import ExperimentDir
-
+    schedule.fetch_study()
     config = tick_config(schedule)
     run_name = schedule.run_name(tick)
     experiment = ExperimentDir(resolve_storage(config.storage), run_name)
@@ -265,9 +284,12 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     log.info("schedule %s: %s tick %s as %s", config.name, "resuming" if resume else "running",
              tick.isoformat(), run_name)
     schedule.write_tick(tick, status="running", run_name=run_name, started=_now().isoformat())
-    outcome = run_sweep(config, replace(options.run,
-        run_name=run_name, resume=resume, reuse_dir=True,
-        tags={"schedule": config.name, "tick": tick.isoformat()}))
+    try:
+        outcome = run_sweep(config, replace(options.run,
+            run_name=run_name, resume=resume, reuse_dir=True,
+            tags={"schedule": config.name, "tick": tick.isoformat()}))
+    finally:
+        schedule.upload_study()
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
     best = (outcome.payload.get("best") or {}) if outcome.payload else {}
     schedule.write_tick(tick, status=status, exit_code=outcome.exit_code, finished=_now().isoformat(),

@@ -104,18 +104,24 @@ class ExperimentDir:
         write_atomically(destination, data)
         return True
 
-    def write_json(self, name: str, payload: Any) -> None:
+    def upload(self, name: str, source: Path) -> None:
+        """Copy a local file into this folder under `name`."""
+        self.write_bytes(name, source.read_bytes())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
         """Write atomically where the file system allows (local: temp file + rename)."""
-        text = json.dumps(payload, indent=2, default=str)
         if not self.is_remote:
             folder = Path(self.uri)
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(folder / name, text.encode())
+            write_atomically(folder / name, data)
             return
         fs, path = self._fs()
         fs.create_dir(path, recursive=True)
         with fs.open_output_stream(f"{path}/{name}") as f:
-            f.write(text.encode())
+            f.write(data)
+
+    def write_json(self, name: str, payload: Any) -> None:
+        self.write_bytes(name, json.dumps(payload, indent=2, default=str).encode())
 
 
 def write_atomically(path: Path, data: bytes) -> None:

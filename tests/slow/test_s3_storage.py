@@ -115,3 +115,26 @@ def test_a_run_on_s3_resumes_without_its_name_and_keeps_its_study_there(s3_serve
     assert sum(r.data.tags.get("role") == "trial" for r in runs) == TRIALS
     assert not (second_dir / "runs" / "mlflow.db").exists()
     assert (second_dir / Path(ExperimentDir(storage, run_name).study_journal())).exists()
+
+
+def test_a_schedule_on_s3_keeps_one_study_across_a_new_driver(s3_server, base_env, tmp_path, mnist_dir):
+    env = {**base_env, **s3_server.env}
+    storage = s3_server.uri("nightly")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["schedule", "smoke", "--cron", "*/2 * * * * *", "--once", "--storage", storage, "--tracking-uri", store,
+            "--set", "search.num_samples=3", "--set", "epochs=2", "--set", "data.subset=1000"]
+    for folder in ("head-1", "head-2"):  # the second driver starts on a machine with no local copy
+        (tmp_path / folder).mkdir()
+        result = run_cli(args, env, cwd=tmp_path / folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        time.sleep(2.5)  # the next --once falls on a later tick
+    assert "continuing the study kept at" in result.stderr
+
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(read_s3(f"{storage}/smoke.schedule/study.journal"))
+    study = optuna.load_study(study_name="smoke",
+                              storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    client = MlflowClient(store)
+    parents = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'sweep'")
+    assert len({p.data.tags["tick"] for p in parents}) == 2
