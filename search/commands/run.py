@@ -205,7 +205,11 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data,
               "starting it afresh", file=sys.stderr)
     if experiment.is_remote:
         journal.unlink(missing_ok=True)  # a working copy left by an older run of the same URI
-    slots = config.search.max_concurrent_trials or cluster.slots(config.resources.cpu, config.resources.gpu)
+    slots = config.search.max_concurrent_trials
+    if not slots:
+        slots, why = cluster.trial_slots(config.resources.cpu, config.resources.gpu, bool(settings.address))
+        if why:
+            print(why, file=sys.stderr)
     callback = _tracking_callback(config, experiment, target, settings.tags)
     searcher = build_searcher(config, str(journal), optuna_class, upload_journal=experiment.is_remote)
     tuner = build_tuner(config, trial_data, searcher,

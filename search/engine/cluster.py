@@ -7,6 +7,11 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from core.errors import UserError
 
@@ -15,6 +20,7 @@ log = logging.getLogger(__name__)
 LOCAL_HOST = "127.0.0.1"
 SHARED_STORAGE_PROBE_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the launcher config `ray up` leaves on the head
 
 
 def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False,
@@ -87,8 +93,16 @@ def check_reachable(address: str) -> None:
                         "(ray up cluster.yaml / ray start --head)?") from None
 
 
+def trials_per_node(resources: Mapping[str, float], cpu_per_trial: float, gpu_per_trial: float) -> int:
+    """How many trials fit on one node with `resources` (a trial never spans nodes)."""
+    fits = [resources.get("CPU", 0) / cpu_per_trial]
+    if gpu_per_trial:
+        fits.append(resources.get("GPU", 0) / gpu_per_trial)
+    return int(min(fits) + 1e-9)
+
+
 def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
-    """How many trials the cluster's resources can run at once."""
+    """How many trials the cluster's resources, as they are now, can run at once."""
     import ray
 
     resources = ray.cluster_resources()
@@ -96,6 +110,69 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
     if gpu_per_trial:
         fits.append(resources.get("GPU", 0) / gpu_per_trial)
     return max(1, int(min(fits) + 1e-9))
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What an autoscaling cluster can grow to, read from its launcher config."""
+
+    trials: int  # trials that can run at once when every node type is at its `max_workers`
+    by_type: dict[str, tuple[int, int]]  # node type -> (nodes at most, trials per node)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {nodes}×{per_node}" for name, (nodes, per_node) in self.by_type.items())
+        return f"up to {self.trials} trials at once as the autoscaler adds nodes ({parts})"
+
+
+def autoscaling_growth(cpu_per_trial: float, gpu_per_trial: float,
+                       config_path: str | Path = BOOTSTRAP_CONFIG) -> Growth | None:
+    """On the head of a cluster the launcher started (`ray up`; the autoscaler reads the same
+    file, and Tune checks it to tell an autoscaling cluster), the most trials the cluster can run
+    at once: every worker type at its `max_workers` (within the cluster's `max_workers`), the
+    head as configured. None where there is no such file (a local Ray, a fixed cluster)."""
+    path = Path(config_path).expanduser()
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as err:
+        log.warning("warning: cannot read the autoscaler config %s (%s); trials at once follow the "
+                    "resources up now", path, err)
+        return None
+    node_types = (config or {}).get("available_node_types") or {}
+    head = config.get("head_node_type")
+    budget = config.get("max_workers")
+    budget = float("inf") if budget is None else int(budget)
+    by_type: dict[str, tuple[int, int]] = {}
+    workers = []
+    for name, spec in node_types.items():
+        per_node = trials_per_node((spec or {}).get("resources") or {}, cpu_per_trial, gpu_per_trial)
+        if name == head:
+            by_type[name] = (1, per_node)
+        else:
+            workers.append((per_node, name, int((spec or {}).get("max_workers", 0))))
+    for per_node, name, most in sorted(workers, reverse=True):  # the roomiest types first
+        nodes = int(min(most, budget))
+        budget -= nodes
+        by_type[name] = (nodes, per_node)
+    trials = sum(nodes * per_node for nodes, per_node in by_type.values())
+    return Growth(trials, by_type)
+
+
+def trial_slots(cpu_per_trial: float, gpu_per_trial: float, on_cluster: bool) -> tuple[int, str | None]:
+    """How many trials to keep in flight, and why when it is not what is up now.
+
+    On an autoscaling cluster, what it can grow to: trials beyond what runs now wait as
+    resource demand, which is what makes the autoscaler add workers. Elsewhere (a local Ray,
+    a fixed cluster), what the resources up now can run.
+    """
+    growth = autoscaling_growth(cpu_per_trial, gpu_per_trial, BOOTSTRAP_CONFIG) if on_cluster else None
+    if growth is None:
+        return slots(cpu_per_trial, gpu_per_trial), None
+    if growth.trials < 1:
+        raise UserError(f"no node type of the autoscaler config ({BOOTSTRAP_CONFIG}) fits a trial of "
+                        f"resources.cpu {cpu_per_trial:g}, resources.gpu {gpu_per_trial:g}")
+    return growth.trials, growth.describe()
 
 
 def check_local_resources(cpu_per_trial: float, gpu_per_trial: float) -> None:

@@ -99,3 +99,27 @@ def test_every_value_to_change_is_marked(config):
     for marker in ("region", "bucket", "IamInstanceProfile", "InstanceType", "key pair"):
         assert marker.lower() in text.lower()
     assert text.count("CHANGE") >= 8
+
+
+def test_trials_in_flight_follow_what_the_autoscaler_can_grow_to(config, fake_aws, tmp_path):
+    """`tune run` on the head reads the config `ray up` leaves there: the worker types at their
+    max_workers bound the trials in flight, not the head alone that is up at the start."""
+    from ray.autoscaler._private.commands import _bootstrap_config
+    from ray.autoscaler._private.util import prepare_config
+
+    from search.engine.cluster import autoscaling_growth
+
+    booted = _bootstrap_config(prepare_config(copy.deepcopy(config)), no_config_cache=True)
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(json.dumps(booted))  # what `ray up` writes on the head
+    cpu_per_node = int(booted["available_node_types"]["cpu_worker"]["resources"]["CPU"])
+    gpu_node = booted["available_node_types"]["gpu_worker"]["resources"]
+
+    growth = autoscaling_growth(1, 0, path)
+    assert growth.by_type["head"] == (1, 0)  # the head runs no trials
+    assert growth.by_type["cpu_worker"] == (6, cpu_per_node)
+    assert growth.by_type["gpu_worker"] == (2, int(gpu_node["CPU"]))  # the cluster's max_workers is 8
+    assert growth.trials == 6 * cpu_per_node + 2 * int(gpu_node["CPU"])
+    quarter_gpu = autoscaling_growth(1, 0.25, path)
+    assert quarter_gpu.trials == 2 * min(int(gpu_node["CPU"]), int(gpu_node["GPU"] * 4))
+    assert autoscaling_growth(1, 0, tmp_path / "absent.yaml") is None  # a local Ray or fixed cluster
