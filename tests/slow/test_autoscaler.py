@@ -10,10 +10,12 @@ config lies, as on a head node that `ray up` started.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.engine.trials import tune_result_rows
-from tests.conftest import free_port, ray_bin, require, run_cli, stop_process, wait_for_nodes
+from tests.conftest import free_port, ray_bin, require, run_cli, start_cli, stop_process, wait_for_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +41,27 @@ import json, ray, sys
 ray.init(address=sys.argv[1], logging_level="ERROR")
 print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]))
 """
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it, parents before children."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def command_line(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def launcher_config(gcs_port: int) -> dict:
@@ -69,6 +92,16 @@ def launcher_config(gcs_port: int) -> dict:
 class AutoscalingCluster:
     address: str
     home: Path
+    namespace: subprocess.Popen  # `unshare`: every process of the cluster descends from it
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL a worker node's raylet and everything under it (its trial processes), by pid."""
+        tree = descendants(self.namespace.pid)
+        raylet = next(pid for pid in tree if command_line(pid)[:1] and command_line(pid)[0].endswith(b"raylet")
+                      and f"--node_id={node_id}".encode() in command_line(pid))
+        for pid in reversed(descendants(raylet)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def alive_workers(self, env: dict[str, str]) -> list[str]:
         proc = subprocess.run([sys.executable, "-c", ALIVE_WORKERS, self.address], env=env, capture_output=True,
@@ -94,7 +127,7 @@ def autoscaling_cluster(tmp_path) -> Iterator[AutoscalingCluster]:
     try:
         address = f"127.0.0.1:{port}"
         wait_for_nodes(address, env, 1)
-        yield AutoscalingCluster(address, home)
+        yield AutoscalingCluster(address, home, proc)
     finally:
         stop_process(proc, grace_s=1)
 
@@ -134,3 +167,44 @@ def test_waiting_trials_make_the_autoscaler_add_workers_that_go_away_when_idle(
     while (alive := cluster.alive_workers(env)):
         assert time.time() < deadline, f"workers still up 120 s after the sweep: {alive}"
         time.sleep(2)
+
+
+def test_a_worker_node_lost_mid_trial_costs_its_trial_at_most_one_epoch(
+        autoscaling_cluster, base_env, tmp_path, mnist_dir):
+    cluster = autoscaling_cluster
+    env = {**base_env, "HOME": str(cluster.home)}
+    storage, store = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment, epochs, trials = storage / "lossy", 10, 4
+    sweep = start_cli(["run", "smoke", "--address", cluster.address, "--name", "lossy", "--storage", str(storage),
+                       "--tracking-uri", store, "--set", "scheduler.type=fifo", "--set", f"epochs={epochs}",
+                       "--set", "data.subset=12000", "--set", f"search.num_samples={trials}"],
+                      env, tmp_path / "sweep.log")
+    try:
+        victim = None
+        deadline = time.time() + 240
+        while victim is None:
+            assert time.time() < deadline and sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            running = [(trial, rows[-1]["node_id"]) for trial, rows in tune_result_rows(experiment).items()
+                       if 2 <= rows[-1]["epoch"] <= epochs - 4]  # seconds of training left there
+            victim = running[0] if running else None
+            time.sleep(0.2)
+        victim_trial, victim_node = victim
+        cluster.kill_node(victim_node)
+        assert sweep.wait(timeout=480) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        stop_process(sweep)
+
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["status"] == "finished" and results["num_trials"] == trials
+    for trial in results["trials"]:  # every epoch on record, once
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, epochs + 1)), trial
+    rows = tune_result_rows(experiment)[victim_trial]
+    seen = [row["epoch"] for row in rows]
+    assert seen.count(1) <= 1 and all(b >= a - 1 for a, b in itertools.pairwise(seen)), seen  # from its checkpoint
+    assert rows[-1]["node_id"] != victim_node  # finished elsewhere
+    client = MlflowClient(store)
+    children = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'trial'")
+    assert len(children) == trials
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == list(range(1, epochs + 1)), (child.data.tags["trial_id"], steps)
