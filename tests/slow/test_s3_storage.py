@@ -116,6 +116,15 @@ def test_a_run_on_s3_resumes_without_its_name_and_keeps_its_study_there(s3_serve
     assert not (second_dir / "runs" / "mlflow.db").exists()
     assert (second_dir / Path(ExperimentDir(storage, run_name).study_journal())).exists()
 
+    # The MLflow store stays where the driver ran; the bucket alone rebuilds it anywhere.
+    laptop = f"sqlite:///{tmp_path / 'laptop.db'}"
+    replay = run_cli(["sync-mlflow", f"{storage}/{run_name}", "--tracking-uri", laptop], env, cwd=second_dir)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    client = MlflowClient(laptop)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert sum(r.data.tags.get("role") == "sweep" for r in runs) == 1
+    assert sum(r.data.tags.get("role") == "trial" for r in runs) == TRIALS
+
 
 def test_a_schedule_on_s3_keeps_one_study_across_a_new_driver(s3_server, base_env, tmp_path, mnist_dir):
     env = {**base_env, **s3_server.env}
