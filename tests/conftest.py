@@ -183,16 +183,19 @@ class S3Server:
     def uri(self, path: str) -> str:
         return f"s3://{self.bucket}/{path}"
 
+    def client_options(self) -> dict[str, str]:
+        return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
-@pytest.fixture
-def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    """`moto_server` on 127.0.0.1 with the bucket `sweeps-test`; this process's environment points
-    at it for the test; stopped by pid."""
+
+@contextlib.contextmanager
+def running_s3_server(log_path: Path, check_credentials: bool = False) -> Iterator[S3Server]:
+    """`moto_server` on 127.0.0.1 with the bucket `sweeps-test`, stopped by pid. With
+    `check_credentials` it refuses every key (moto then checks signatures against its own IAM)."""
     binary = Path(sys.executable).parent / "moto_server"
-    require(binary.exists(), "moto_server (pip install 'moto[server]')")
+    require(binary.exists(), "moto_server (pip install 'moto[s3]' flask-cors)")
     port = free_port()
-    log = (tmp_path / "moto.log").open("w")
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="1" if check_credentials else "inf")
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=log_path.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(proc, f"http://127.0.0.1:{port}", "sweeps-test")
     try:
@@ -203,13 +206,20 @@ def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Ser
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {(tmp_path / 'moto.log').read_text()}") from None
+                    raise RuntimeError(f"moto_server did not start: {log_path.read_text()}") from None
                 time.sleep(0.2)
-        for key, value in server.env.items():
-            monkeypatch.setenv(key, value)
         import boto3
 
-        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=server.bucket)
+        boto3.client("s3", endpoint_url=server.endpoint, **server.client_options()).create_bucket(Bucket=server.bucket)
         yield server
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A loopback S3 server with the bucket `sweeps-test`; this process's environment points at it."""
+    with running_s3_server(tmp_path / "moto.log") as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        yield server

@@ -96,6 +96,7 @@ def plan_payload(config: SweepConfig) -> dict[str, Any]:
 def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, ExperimentDir, RunSettings]:
     """Pick the experiment folder (a new one, or the one `--resume` continues) and its settings."""
     storage = resolve_storage(config.storage)
+    check_writable(storage)  # before anything else reads or writes there
     if options.resume:
         run_name = options.run_name or latest_run(storage, config.name)
         if run_name is None:
@@ -129,8 +130,6 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
 
     data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
                      split_seed=config.data.split_seed)
-    if not experiment.is_remote:
-        check_writable(experiment.storage)
     from search.engine import cluster
 
     print(cluster.connect(settings.address, settings.dashboard_host, quiet=options.as_json,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,8 +170,10 @@ class RunSettings:
 
 
 def check_writable(storage: str) -> None:
-    """Fail before anything starts when local storage cannot be written or is nearly full."""
+    """Fail before anything starts when storage cannot be written (a missing bucket, refused
+    credentials, an endpoint that does not answer) or, locally, is nearly full."""
     if is_uri(storage):
+        _check_cloud_writable(storage)
         return
     root = Path(storage)
     try:
@@ -186,6 +190,27 @@ def check_writable(storage: str) -> None:
             f"storage {root}: only {free // 2**20} MiB free, but a sweep needs at least "
             f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints and results"
         )
+
+
+def _check_cloud_writable(storage: str) -> None:
+    """Write and delete a probe object, through pyarrow as Tune will write."""
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+        probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as err:
+        raise UserError(f"storage {storage}: cannot write there ({cloud_error(err)})") from None
+
+
+def cloud_error(err: BaseException) -> str:
+    """pyarrow's S3 error in one line: `AWS Error NO_SUCH_BUCKET: The specified bucket does not exist`."""
+    text = " ".join(str(err).split())
+    aws = re.search(r"AWS Error (\w+) during \w+ operation: (.*?)(?: \(Request ID: [^)]*\))?$", text)
+    return f"AWS Error {aws.group(1)}: {aws.group(2).rstrip('.')}" if aws else text
 
 
 def latest_run(storage: str, sweep_name: str) -> str | None:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 
 from search.engine.storage import STUDY_FILE, SWEEP_FILE, ExperimentDir, latest_run
-from tests.conftest import run_cli, start_cli, stop_process
+from tests.conftest import free_port, run_cli, running_s3_server, start_cli, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +147,29 @@ def test_a_schedule_on_s3_keeps_one_study_across_a_new_driver(s3_server, base_en
     client = MlflowClient(store)
     parents = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'sweep'")
     assert len({p.data.tags["tick"] for p in parents}) == 2
+
+
+def refused(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Ray local" not in result.stderr and "Ray at" not in result.stderr  # before Ray starts
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_bucket_that_is_missing_or_refuses_the_credentials_is_one_line_before_ray_starts(
+        s3_server, base_env, tmp_path, mnist_dir):
+    env = {**base_env, **s3_server.env}
+    missing = refused(run_cli(["run", "smoke", "--storage", "s3://no-such-bucket/sweeps"], env, cwd=tmp_path))
+    assert missing == ("tune: error: storage s3://no-such-bucket/sweeps: cannot write there "
+                       "(AWS Error NO_SUCH_BUCKET: The specified bucket does not exist)")
+
+    nobody = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    unreachable = refused(run_cli(["run", "smoke", "--storage", s3_server.uri("sweeps")], nobody, cwd=tmp_path))
+    assert unreachable.startswith(f"tune: error: storage {s3_server.uri('sweeps')}: cannot write there "
+                                  "(AWS Error NETWORK_CONNECTION: ")
+
+    with running_s3_server(tmp_path / "strict.log", check_credentials=True) as strict:
+        wrong = {**env, **strict.env, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1"}
+        denied = refused(run_cli(["run", "smoke", "--storage", strict.uri("sweeps")], wrong, cwd=tmp_path))
+    assert denied == (f"tune: error: storage {strict.uri('sweeps')}: cannot write there (AWS Error "
+                      "INVALID_ACCESS_KEY_ID: The AWS Access Key Id you provided does not exist in our records)")
+    assert "AKIAWRONGWRONGWRONG1" not in denied
