@@ -10,126 +10,20 @@ config lies, as on a head node that `ray up` started.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from search.engine.trials import tune_result_rows
-from tests.conftest import free_port, ray_bin, require, run_cli, start_cli, stop_process, wait_for_nodes
+from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
 TRIALS = 8
-IDLE_TIMEOUT_MIN = 0.1  # 6 s
-
-ALIVE_WORKERS = """
-import json, ray, sys
-ray.init(address=sys.argv[1], logging_level="ERROR")
-print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]))
-"""
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it, parents before children."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop(0)
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def command_line(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def launcher_config(gcs_port: int) -> dict:
-    """A cluster config of the kind `ray up` leaves on the head: a head that runs no trials and
-    one-CPU workers, 0 to 2 of them, that the autoscaler adds and removes."""
-    return {
-        "cluster_name": "autoscaling-test",
-        "max_workers": 2,
-        "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
-        "upscaling_speed": 1.0,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs_port}"},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            "ray.worker.cpu": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
-        },
-        "head_node_type": "ray.head.default",
-        "auth": {"ssh_user": "ray"},
-        # The launcher's defaults, which the monitor expects to find filled in.
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-    }
-
-
-@dataclass
-class AutoscalingCluster:
-    address: str
-    home: Path
-    namespace: subprocess.Popen  # `unshare`: every process of the cluster descends from it
-
-    def kill_node(self, node_id: str) -> None:
-        """SIGKILL a worker node's raylet and everything under it (its trial processes), by pid."""
-        tree = descendants(self.namespace.pid)
-        raylet = next(pid for pid in tree if command_line(pid)[:1] and command_line(pid)[0].endswith(b"raylet")
-                      and f"--node_id={node_id}".encode() in command_line(pid))
-        for pid in reversed(descendants(raylet)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def alive_workers(self, env: dict[str, str]) -> list[str]:
-        proc = subprocess.run([sys.executable, "-c", ALIVE_WORKERS, self.address], env=env, capture_output=True,
-                              text=True, timeout=60, check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def autoscaling_cluster(tmp_path) -> Iterator[AutoscalingCluster]:
-    require(shutil.which("unshare") is not None, "unshare (util-linux)")
-    home = tmp_path / "home"
-    home.mkdir()
-    port = free_port()
-    config = home / "ray_bootstrap_config.yaml"
-    config.write_text(yaml.safe_dump(launcher_config(port)))
-    env = dict(os.environ, HOME=str(home), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    head = (f"{ray_bin()} start --head --num-cpus=0 --port={port} --node-ip-address=127.0.0.1 "
-            f"--include-dashboard=false --disable-usage-stats --autoscaling-config={config} && exec sleep infinity")
-    log = (tmp_path / "head.log").open("w")
-    # unshare ignores SIGTERM; stop_process's SIGKILL ends it, and --kill-child the namespace.
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c", head],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        address = f"127.0.0.1:{port}"
-        wait_for_nodes(address, env, 1)
-        yield AutoscalingCluster(address, home, proc)
-    finally:
-        stop_process(proc, grace_s=1)
 
 
 def test_waiting_trials_make_the_autoscaler_add_workers_that_go_away_when_idle(

@@ -173,3 +173,70 @@ def test_a_bucket_that_is_missing_or_refuses_the_credentials_is_one_line_before_
     assert denied == (f"tune: error: storage {strict.uri('sweeps')}: cannot write there (AWS Error "
                       "INVALID_ACCESS_KEY_ID: The AWS Access Key Id you provided does not exist in our records)")
     assert "AKIAWRONGWRONGWRONG1" not in denied
+
+
+def running_trial(store: str, epochs: int) -> tuple[str, str] | None:
+    """(trial id, node id) of a trial mid-way through its epochs, from the driver's MLflow store."""
+    try:
+        client = MlflowClient(store)
+        experiment = client.get_experiment_by_name("smoke")
+        children = client.search_runs([experiment.experiment_id], "tags.role = 'trial'") if experiment else []
+    except Exception:  # the store is being created or written: look again
+        return None
+    for child in children:
+        if 2 <= child.data.metrics.get("epoch", 0) <= epochs - 4 and child.data.tags.get("node_id"):
+            return child.data.tags["trial_id"], child.data.tags["node_id"]
+    return None
+
+
+def test_on_a_cluster_with_s3_storage_a_lost_node_and_a_killed_driver_lose_nothing(
+        s3_server, autoscaling_cluster, base_env, tmp_path, mnist_dir):
+    """Trials checkpoint to S3; a worker node dies mid-trial and its trial continues on another node
+    from the S3 checkpoint; the driver is SIGKILLed and `--resume`, from a folder with no local
+    state, reads everything back from S3; `sync-mlflow` replays the run from the bucket."""
+    cluster = autoscaling_cluster
+    env = {**base_env, **s3_server.env, "HOME": str(cluster.home)}
+    storage, store = s3_server.uri("sweeps"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    epochs, trials = 10, 4
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    common = ["run", "smoke", "--address", cluster.address, "--storage", storage]
+    driver = start_cli([*common, "--tracking-uri", store, "--set", "scheduler.type=fifo", "--set", f"epochs={epochs}",
+                        "--set", "data.subset=12000", "--set", f"search.num_samples={trials}"],
+                       env, tmp_path / "first.log", cwd=first_dir)
+    try:
+        deadline = time.time() + 240
+        while (victim := running_trial(store, epochs)) is None:
+            assert time.time() < deadline and driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        victim_trial, victim_node = victim
+        cluster.kill_node(victim_node)
+        time.sleep(5)
+        assert driver.poll() is None, "the sweep ended before the driver was killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        stop_process(driver)
+
+    second = run_cli([*common, "--resume"], env, cwd=second_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run_name = latest_run(storage, "smoke")
+    results = json.loads(read_s3(f"{storage}/{run_name}/results.json"))
+    assert results["status"] == "finished" and results["num_trials"] == trials
+    for trial in results["trials"]:  # every epoch on record, once
+        assert [h["epoch"] for h in trial["history"]] == list(range(1, epochs + 1)), trial
+    assert next(t for t in results["trials"] if t["trial_id"] == victim_trial)["node_id"] != victim_node
+    client = MlflowClient(store)
+    children = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'trial'")
+    assert len(children) == trials
+    for child in children:  # never started over: each epoch logged once
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == list(range(1, epochs + 1)), (child.data.tags["trial_id"], steps)
+
+    replayed = f"sqlite:///{tmp_path / 'replayed.db'}"
+    replay = run_cli(["sync-mlflow", f"{storage}/{run_name}", "--tracking-uri", replayed], env, cwd=second_dir)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    client = MlflowClient(replayed)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert sorted(r.data.tags.get("role") for r in runs) == ["sweep"] + ["trial"] * trials
