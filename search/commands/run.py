@@ -33,6 +33,7 @@ from search.engine.storage import (
 from search.report import TrialSummary, ablation_table, chosen_trials, results_payload, top_trials_table
 from search.tracking.recorder import (
     TrackingTarget,
+    check_tracking_access,
     default_tracking_uri,
     ensure_sqlite_store,
     runs_url,
@@ -132,6 +133,7 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
                      split_seed=config.data.split_seed)
     from search.engine import cluster
 
+    check_tracking_access(settings.tracking_uri, config.mlflow.experiment or config.name, experiment.run_name)
     print(cluster.connect(settings.address, settings.dashboard_host, quiet=options.as_json,
                           auth_disabled=options.env.ray_auth_disabled), file=sys.stderr)
     if not settings.address:

@@ -16,11 +16,13 @@ import shlex
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
 from core.names import EPOCH_METRICS, EPOCHS, TEST_METRICS
 from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
 from spaces import SweepConfig, is_distribution
@@ -78,6 +80,46 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
     partial.unlink(missing_ok=True)
     MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)  # runs the migrations
     os.replace(partial, path)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password in it replaced by `***`, for messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+LAST_SWEEP_TAG = "last_sweep_run"
+
+
+def check_tracking_access(tracking_uri: str, experiment: str, run_name: str) -> None:
+    """Before Ray starts, a tracking server must accept the credentials (`MLFLOW_TRACKING_USERNAME` /
+    `MLFLOW_TRACKING_PASSWORD`, or `MLFLOW_TRACKING_TOKEN`) and, when the sweep's experiment exists,
+    let this user write to it: the check writes the experiment's `last_sweep_run` tag, which needs
+    the permission logging runs does. A server that does not answer is left to the writer, which
+    keeps every record until it is back."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    where = f"MLflow at {redact_uri(tracking_uri)}"
+    client = MlflowClient(tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            client.set_experiment_tag(found.experiment_id, LAST_SWEEP_TAG, run_name)
+    except MlflowException as err:
+        if err.error_code == "UNAUTHENTICATED":
+            raise UserError(f"{where} refused the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN") from None
+        if err.error_code == "PERMISSION_DENIED":
+            raise UserError(f"{where}: this user may not write to experiment '{experiment}' (HTTP 403); ask its "
+                            "owner for EDIT permission, or name another with mlflow.experiment") from None
+        log.warning("warning: %s did not answer the access check (%s); the sweep goes on and its records wait "
+                    "for the server", where, str(err).splitlines()[0][:200])
 
 
 UI_ADDRESS = "http://127.0.0.1:5000"

@@ -31,6 +31,7 @@ class MlflowServer:
     log: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    auth_config: Path | None = None  # an ini for `--app-name basic-auth`: the server then checks credentials
 
     @property
     def url(self) -> str:
@@ -41,6 +42,9 @@ class MlflowServer:
         command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                    "--port", str(self.port), "--backend-store-uri", self.backend,
                    "--artifacts-destination", str(self.artifacts), "--workers", "1"]
+        if self.auth_config is not None:
+            command += ["--app-name", "basic-auth"]
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config), MLFLOW_FLASK_SERVER_SECRET_KEY="test-only")
         self.proc = subprocess.Popen(command, env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout_s
