@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from core.errors import UserError
-from search.commands.options import Environment, RunOptions, drop_tensorboard_logger, quiet_mlflow_http_retries
+from search.commands.options import (
+    Environment,
+    RunOptions,
+    drop_tensorboard_logger,
+    quiet_mlflow_http_retries,
+    without_credentials,
+)
 
 if TYPE_CHECKING:
     from spaces import SweepConfig
@@ -76,6 +82,9 @@ def load_run_config(sweep: str, overrides: Sequence[str], values: Mapping[str, A
     flagged = "storage" in values or any(o.partition("=")[0].strip() == "storage" for o in overrides)
     if env.storage and not flagged:
         config = config.model_copy(update={"storage": env.storage})
+    if config.mlflow.tracking_uri:  # never saved or logged with credentials in it
+        mlflow = config.mlflow.model_copy(update={"tracking_uri": without_credentials(config.mlflow.tracking_uri)})
+        config = config.model_copy(update={"mlflow": mlflow})
     return config
 
 
@@ -170,7 +179,7 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     config = load_run_config(sweep, overrides, flag_values(overrides, num_samples=num_samples, storage=storage),
                              env)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
-                         dashboard_host=dashboard_host, tracking_uri=tracking_uri, env=env)
+                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env)
     prepare_tracking()
     from search.commands.run import run_sweep
 
@@ -208,7 +217,8 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     from search.commands.schedule import run_schedule
 
     options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
-                              run=RunOptions(address=address, tracking_uri=tracking_uri, env=env))
+                              run=RunOptions(address=address, tracking_uri=without_credentials(tracking_uri),
+                                             env=env))
     sys.exit(run_schedule(config, options))
 
 
@@ -222,7 +232,8 @@ def sync_mlflow(experiment_dir: str, tracking_uri: str | None, timeout_s: float)
     prepare_tracking()
     from search.tracking.replay import sync_experiment
 
-    report = sync_experiment(experiment_dir, tracking_uri, Environment.read().tracking_uri, timeout_s)
+    report = sync_experiment(experiment_dir, without_credentials(tracking_uri), Environment.read().tracking_uri,
+                             timeout_s)
     click.echo(f"parent run {report.parent_run_id}: {report.children} trial runs, "
                f"{report.epochs_added} epochs added"
                + (f", model version {report.registered}" if report.registered else ""))

@@ -4,15 +4,19 @@ before Ray starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import TEST_RAY_TOKEN, run_cli
 from tests.slow.conftest import MlflowServer
 
 pytestmark = pytest.mark.slow
 
 ADMIN = ("admin", "admin-pass-4821")
+URI_SECRET = "uri-secret-50713"  # carol's password, given inside the tracking URI
+ENV_SECRET = "env-secret-88204"  # an unrelated secret in the environment
 
 
 @pytest.fixture
@@ -34,6 +38,7 @@ def auth_server(tmp_path, monkeypatch):
         users = AuthServiceClient(server.url)
         users.create_user("alice", "alice-pass-7734")
         users.create_user("bob", "bob-pass-1290")
+        users.create_user("carol", URI_SECRET)
         yield server
     finally:
         server.stop()
@@ -74,3 +79,37 @@ def test_a_sweep_with_credentials_and_the_ones_refused(auth_server, base_env, tm
                       "ask its owner for EDIT permission, or name another with mlflow.experiment")
     assert "not-it" not in wrong and "bob-pass-1290" not in denied
     assert not (tmp_path / "runs" / "wrong").exists() and not (tmp_path / "runs" / "by-bob").exists()
+
+
+def test_no_secret_is_saved_logged_or_printed(auth_server, base_env, tmp_path, mnist_dir, monkeypatch):
+    """A password in the tracking URI, a secret in the environment and the Ray token appear in no
+    file of the run folder, no MLflow record or artifact, and no line the run printed."""
+    secrets = (URI_SECRET, ENV_SECRET, TEST_RAY_TOKEN)
+    with_password = auth_server.url.replace("http://", f"http://carol:{URI_SECRET}@")
+    env = {**base_env, "AWS_SECRET_ACCESS_KEY": ENV_SECRET}
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(key, None)
+    storage = tmp_path / "runs"
+    result = run_cli(["run", "smoke", "--name", "quiet", "--tracking-uri", with_password, "--storage", str(storage)],
+                     env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"mlflow: {auth_server.url} " in result.stderr  # printed without the credentials
+
+    places = {"stdout": result.stdout, "stderr": result.stderr}
+    for path in (p for p in storage.rglob("*") if p.is_file()):
+        places[str(path)] = path.read_bytes().decode(errors="replace")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "carol")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", URI_SECRET)
+    client = MlflowClient(auth_server.url)
+    experiment = client.get_experiment_by_name("smoke")
+    places["experiment tags"] = repr(experiment.tags)
+    for run in client.search_runs([experiment.experiment_id]):
+        places[f"run {run.info.run_id}"] = repr((run.data.params, run.data.tags, run.info.run_name))
+        artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / run.info.run_id)))
+        for path in (p for p in artifacts.rglob("*") if p.is_file()):
+            places[str(path)] = path.read_bytes().decode(errors="replace")
+    for version in client.search_model_versions("name = 'smoke'"):
+        places[f"model version {version.version}"] = repr((version.tags, version.source, version.description))
+    assert len(places) > 20  # the run folder, every run and its artifacts were read
+    leaks = [(where, secret) for where, text in places.items() for secret in secrets if secret in text]
+    assert not leaks, leaks
