@@ -30,5 +30,8 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m bench full
 
+# Removes what `make` built; never results: runs/ (every sweep, the MLflow store, the registered
+# models) stays, and the line below says so.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache test-artifacts
+	@echo "removed $(VENV), .pytest_cache and test-artifacts; kept runs/ (results, MLflow store, models): delete it yourself if you mean to"
