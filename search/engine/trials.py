@@ -62,6 +62,84 @@ def load_trials(experiment_uri: str, config: SweepConfig, analysis: Any = None) 
     return TrialsSnapshot(rank_trials(summaries, config.mode), unfinished)
 
 
+def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
+    """Every trial of a sweep run read back from its files as plain JSON, nothing unpickled: for
+    `tune sync-mlflow`, which must not run code that a run folder carries (Tune's own reader,
+    `ExperimentAnalysis`, unpickles the trials in its experiment state).
+
+    From Tune's newest experiment state only the JSON fields are read (trial id, status, folder
+    name, error file name); from each trial's folder its config (`params.json`), its reports
+    (`result.json`), its error (the text file) and its latest checkpoint's history (`meta.json`).
+    """
+    import pyarrow.fs
+
+    from trainables.trainable import checkpoint_history, latest_trial_checkpoint
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_uri)
+    states = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+              if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")]
+    if not states:
+        return TrialsSnapshot([], 0)
+    newest = max(states, key=lambda info: (info.mtime_ns or 0, info.base_name))
+    summaries = []
+    for state_json, metadata_json in _read_json(fs, newest.path)["trial_data"]:
+        state, metadata = json.loads(state_json), json.loads(metadata_json)
+        trial_id, folder_name = str(state["trial_id"]), str(state.get("relative_logdir") or "")
+        if not folder_name or "/" in folder_name or folder_name in (".", ".."):
+            raise ValueError(f"{experiment_uri}: trial {trial_id} names the folder {folder_name!r}")
+        folder = f"{root}/{folder_name}"
+        params = _read_json(fs, f"{folder}/params.json", default=None)
+        trial_config = params if isinstance(params, dict) else state.get("config") or {}
+        rows = _read_json_lines(fs, f"{folder}/result.json")
+        checkpoint = latest_trial_checkpoint(experiment_uri, trial_id)
+        if checkpoint is not None:
+            rows = checkpoint_history(checkpoint) + rows  # as in load_trials: Tune's rows win
+        error_file = metadata.get("error_filename")
+        errored = state.get("status") == "ERROR"
+        error = _read_text(fs, f"{folder}/{Path(error_file).name}") if errored and error_file else None
+        summaries.append(summarize_trial(
+            trial_id=trial_id,
+            config=dict(trial_config),
+            history=history_from_rows(rows),
+            errored=errored,
+            unfinished=state.get("status") not in ("TERMINATED", "ERROR"),
+            max_t=config.scheduler.max_t,
+            metric=config.metric,
+            mode=config.mode,
+            node_id=rows[-1].get("node_id") if rows else None,
+            error=_first_line(error),
+            checkpoint=checkpoint_uri(checkpoint) if checkpoint else None,
+        ))
+    unfinished = sum(t.status == "unfinished" for t in summaries)
+    return TrialsSnapshot(rank_trials(summaries, config.mode), unfinished)
+
+
+_MISSING = object()
+
+
+def _read_json(fs: Any, path: str, default: Any = _MISSING) -> Any:
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        if default is _MISSING:
+            raise
+        return default
+
+
+def _read_json_lines(fs: Any, path: str) -> list[dict[str, Any]]:
+    text = _read_text(fs, path) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _read_text(fs: Any, path: str) -> str | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
 def checkpoint_uri(checkpoint: Any) -> str:
     """A checkpoint's location as a path (local) or a URI (s3://…) that `tune.Checkpoint` reopens."""
     kind = checkpoint.filesystem.type_name

@@ -246,7 +246,7 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     """
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
-    from search.engine.trials import load_trials
+    from search.engine.trials import read_trials
     from search.tracking.recorder import default_tracking_uri, target_for
     from spaces import validate_sweep
 
@@ -265,7 +265,7 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     store = (tracking_uri or (settings and settings.tracking_uri) or config.mlflow.tracking_uri or env_tracking_uri
              or default_tracking_uri(local_root(experiment)))
     target = target_for(config, run_name, store, local_root(experiment))
-    snapshot = load_trials(experiment.uri, config)
+    snapshot = read_trials(experiment.uri, config)  # plain JSON: a run folder is not trusted to run code
     results = experiment.read_json(RESULTS_FILE)
     _restore_test_metrics(snapshot.trials, results)
     end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {})

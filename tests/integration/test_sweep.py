@@ -207,3 +207,53 @@ def test_sync_mlflow_refuses_to_switch_stores_silently(smoke, base_env):
     assert result.returncode == 2
     assert "MLFLOW_TRACKING_URI http://127.0.0.1:9/elsewhere differs from" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+class _Plant:
+    """Unpickling this writes a file: what a crafted run folder could make a reader do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code from the run folder ran"))
+
+
+def test_sync_mlflow_never_unpickles_what_a_run_folder_holds(smoke, base_env, tmp_path):
+    """Tune's experiment state embeds pickles; `sync-mlflow` reads only its JSON fields and the
+    trials' JSON files, and replays the same trials the run itself reported."""
+    import contextlib
+    import shutil
+
+    import cloudpickle
+    from ray.tune import ExperimentAnalysis
+
+    _, _, experiment, payload = smoke
+    copy = tmp_path / "runs" / "smoke-test"
+    shutil.copytree(experiment, copy)
+    marker = tmp_path / "planted.txt"
+    state_file = next(copy.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": cloudpickle.dumps(_Plant(str(marker))).hex()}
+        entry[0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    with contextlib.suppress(Exception):  # whatever Tune makes of the planted object afterwards
+        ExperimentAnalysis(str(copy))
+    assert marker.exists(), "the planted pickle is not live: this test would prove nothing"
+    marker.unlink()
+
+    store = f"sqlite:///{tmp_path / 'replayed.db'}"
+    result = run_cli(["sync-mlflow", str(copy), "--tracking-uri", store], base_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    client = MlflowClient(store)
+    children = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.role = 'trial'")
+    replayed = {c.data.tags["trial_id"]: c for c in children}
+    assert sorted(replayed) == sorted(t["trial_id"] for t in payload["trials"])
+    for trial in payload["trials"]:
+        child = replayed[trial["trial_id"]]
+        assert child.data.tags["status"] == trial["status"]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == [h["epoch"] for h in trial["history"]]
