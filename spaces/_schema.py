@@ -17,6 +17,7 @@ FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
 INT_KINDS = ("choice", "grid", "int")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, _ . or -, starting with a letter or digit"
+MAX_TRIALS = 100_000  # grid combinations × num_samples; a larger sweep is a typo, not a plan
 MAX_RUNGS = 32  # Ray's ASHA allocates a list per rung: a reduction_factor near 1 would never finish
 
 
@@ -62,7 +63,7 @@ class Search(_Section):
 
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     num_samples: int = Field(8, ge=1, le=100_000)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
     time_budget_s: float | None = Field(None, gt=0)
     storage: str | None = None
@@ -140,6 +141,9 @@ class SweepConfig(_Section):
             object.__setattr__(self, "scheduler", scheduler)
         _check_scheduler(scheduler, self.epochs)
         _check_algorithm(self.search.algorithm, self.space)
+        if (trials := self.trial_count()) > MAX_TRIALS:
+            raise ValueError(f"the sweep has {trials} trials (every grid combination × search.num_samples "
+                             f"{self.search.num_samples}); at most {MAX_TRIALS}")
         return self
 
     def trial_count(self) -> int:

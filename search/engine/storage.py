@@ -177,7 +177,11 @@ def check_writable(storage: str) -> None:
         return
     root = Path(storage)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a folder this tool creates is private: run folders hold checkpoints and pickles
+            root.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # the user's own folder (or another sweep's, just now): its permissions are theirs
         handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)  # a new file: no planted link
         os.write(handle, b"ok")
         os.close(handle)

@@ -34,6 +34,10 @@ def run_main(args, capfd):
      "makes 1.39e+09 ASHA rungs between grace_period 1 and max_t 4, but at most 32 are allowed"),
     (["run", "smoke", "--set", "epochs=" + "[" * 5000 + "]" * 5000],
      "is not valid YAML (nested too deeply to be a sweep)"),
+    (["run", "smoke", "--dry-run", "--set", "search.num_samples=100001"], "search.num_samples"),
+    (["run", "seed_bn", "--dry-run", "--set", "search.num_samples=50000"],
+     "the sweep has 200000 trials (every grid combination × search.num_samples 50000); at most 100000"),
+    (["run", "smoke", "--dry-run", "--set", "search.max_concurrent_trials=20000"], "search.max_concurrent_trials"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, expected, capfd):
     code, out, err = run_main(args, capfd)

@@ -79,3 +79,12 @@ def test_writes_never_follow_a_planted_symlink(tmp_path):
     assert victim.read_text() == "keep me"
     assert not (folder / "results.json").is_symlink()
     assert json.loads((folder / "results.json").read_text()) == {"a": 1}
+
+
+def test_a_storage_folder_the_tool_creates_is_private(tmp_path):
+    check_writable(str(tmp_path / "new" / "runs"))
+    assert (tmp_path / "new" / "runs").stat().st_mode & 0o777 == 0o700
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    check_writable(str(mine))
+    assert mine.stat().st_mode & 0o777 == 0o755  # a folder the user made keeps its permissions
