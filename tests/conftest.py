@@ -63,8 +63,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def base_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for CLI subprocesses: the test token, an empty cache, no outside tracking URI."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    """Environment for CLI subprocesses: the test token, an empty cache and state directory, no
+    outside tracking URI."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"),
+               XDG_STATE_HOME=str(tmp_path / "state"))
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 

@@ -29,6 +29,8 @@ from search.engine.storage import (
     latest_run,
     local_root,
     resolve_storage,
+    schedule_folder,
+    scheduler_holding,
 )
 from search.report import TrialSummary, ablation_table, chosen_trials, results_payload, top_trials_table
 from search.tracking.recorder import (
@@ -108,6 +110,12 @@ def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, 
             raise UserError(f"nothing to resume at {experiment.uri}: it holds no {SWEEP_FILE}")
         config = validate_sweep(saved, config.source)
         saved_settings = RunSettings.from_json(experiment.read_json(RUN_FILE) or {})
+        schedule = (saved_settings.tags if saved_settings else {}).get("schedule")
+        if schedule and not options.tags.get("schedule"):  # by hand, not by the scheduler itself
+            holder = scheduler_holding(schedule_folder(storage, schedule))
+            if holder:
+                raise UserError(f"{experiment.uri} is a tick of schedule '{schedule}', whose scheduler (pid "
+                                f"{holder}) is running and resumes its ticks itself; stop it first")
         if saved_settings is not None:
             return config, experiment, resumed_settings(saved_settings, options, experiment.uri)
         return config, experiment, new_settings(options, config.mlflow.tracking_uri, local_root(experiment))

@@ -22,13 +22,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.errors import UserError
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_INTERRUPTED, run_sweep
-from search.engine.storage import ExperimentDir, is_uri, resolve_storage, write_atomically
+from search.engine.storage import (
+    SCHEDULE_LOCK_FILE,
+    SCHEDULER_PID_FILE,
+    ExperimentDir,
+    is_uri,
+    resolve_storage,
+    schedule_folder,
+    write_atomically,
+)
 from spaces import SweepConfig
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-LOCK_FILE = "scheduler.lock"
 STUDY_JOURNAL = "study.journal"
 TICK_FORMAT = "%Y%m%dT%H%M%SZ"
 _EPSILON = timedelta(microseconds=1)
@@ -68,14 +75,12 @@ class Schedule:
         self.options = options
         storage = resolve_storage(config.storage)
         # Lock and state need a local file system, even when results go to a cloud URI.
-        root = Path("runs").resolve() if is_uri(storage) else Path(storage)
-        self.folder = root / f"{config.name}.schedule"
+        self.folder = schedule_folder(storage, config.name)
         # The study lives with the runs: on a cloud URI in `<storage>/<sweep>.schedule/`, worked on
-        # through a local copy at a path relative to the scheduler's folder (a tick's saved Tune
-        # state names it), fetched when this machine has none and uploaded after every tick.
+        # through a copy beside the lock, fetched when this machine has none and uploaded after
+        # every tick.
         self.cloud_folder = ExperimentDir(storage, f"{config.name}.schedule") if is_uri(storage) else None
-        self.journal = (Path("runs") / self.folder.name / STUDY_JOURNAL if self.cloud_folder
-                        else self.folder / STUDY_JOURNAL)
+        self.journal = self.folder / STUDY_JOURNAL
         self._state: dict[str, Any] | None = None
 
     # --- time -------------------------------------------------------------------
@@ -162,14 +167,14 @@ class SingleScheduler:
         from filelock import FileLock, Timeout
 
         folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(folder / LOCK_FILE))
-        self._owner = folder / "scheduler.pid"
+        self._lock = FileLock(str(folder / SCHEDULE_LOCK_FILE))
+        self._owner = folder / SCHEDULER_PID_FILE
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
             holder = self._owner.read_text().strip() if self._owner.exists() else "unknown"
             raise UserError(f"another scheduler is running this schedule (pid {holder}, lock "
-                            f"{folder / LOCK_FILE}); stop it first") from None
+                            f"{folder / SCHEDULE_LOCK_FILE}); stop it first") from None
         write_atomically(self._owner, str(os.getpid()).encode())
 
     def release(self) -> None:

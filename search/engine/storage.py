@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -178,10 +179,10 @@ def check_writable(storage: str) -> None:
     root = Path(storage)
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        try:  # a folder this tool creates is private: run folders hold checkpoints and pickles
+        # A folder this tool creates is private (run folders hold checkpoints and pickles); one that
+        # exists (the user's own, or another sweep's just now) keeps its permissions.
+        with contextlib.suppress(FileExistsError):
             root.mkdir(mode=0o700)
-        except FileExistsError:
-            pass  # the user's own folder (or another sweep's, just now): its permissions are theirs
         handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)  # a new file: no planted link
         os.write(handle, b"ok")
         os.close(handle)
@@ -240,6 +241,38 @@ def latest_run(storage: str, sweep_name: str) -> str | None:
         if info.type == pyarrow.fs.FileType.File and ExperimentDir(storage, name).sweep_name() == sweep_name:
             started[name] = info.mtime_ns or 0
     return max(started, key=lambda name: (started[name], name)) if started else None
+
+
+SCHEDULE_LOCK_FILE = "scheduler.lock"
+SCHEDULER_PID_FILE = "scheduler.pid"
+
+
+def schedule_folder(storage: str, sweep_name: str) -> Path:
+    """Where a schedule keeps its lock and tick state: beside its runs (`<storage>/<sweep>.schedule`)
+    for local storage; for a cloud URI, which cannot hold a lock, in this user's state directory
+    (`$XDG_STATE_HOME/mnist-sweeps/schedules/`, default `~/.local/state/…`), keyed by the URI, so
+    that schedulers started from any folder share it."""
+    if not is_uri(storage):
+        return Path(storage) / f"{sweep_name}.schedule"
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    key = hashlib.sha256(storage.encode()).hexdigest()[:12]
+    return state / "mnist-sweeps" / "schedules" / f"{sweep_name}-{key}.schedule"
+
+
+def scheduler_holding(folder: Path) -> str | None:
+    """The pid of the scheduler that holds the schedule's lock in `folder` now, or None."""
+    from filelock import FileLock, Timeout
+
+    if not (folder / SCHEDULE_LOCK_FILE).exists():
+        return None
+    lock = FileLock(str(folder / SCHEDULE_LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = folder / SCHEDULER_PID_FILE
+        return owner.read_text().strip() if owner.exists() else "unknown"
+    lock.release()
+    return None
 
 
 def default_run_name(sweep_name: str) -> str:

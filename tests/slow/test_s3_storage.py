@@ -134,7 +134,8 @@ def test_a_schedule_on_s3_keeps_one_study_across_a_new_driver(s3_server, base_en
             "--set", "search.num_samples=3", "--set", "epochs=2", "--set", "data.subset=1000"]
     for folder in ("head-1", "head-2"):  # the second driver starts on a machine with no local copy
         (tmp_path / folder).mkdir()
-        result = run_cli(args, env, cwd=tmp_path / folder)
+        machine = {**env, "XDG_STATE_HOME": str(tmp_path / folder / "state")}
+        result = run_cli(args, machine, cwd=tmp_path / folder)
         assert result.returncode == 0, result.stderr[-3000:]
         time.sleep(2.5)  # the next --once falls on a later tick
     assert "continuing the study kept at" in result.stderr

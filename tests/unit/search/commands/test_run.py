@@ -111,3 +111,23 @@ def test_printed_commands_are_safe_to_paste(tmp_path):
     config = load_sweep("smoke", values={"storage": str(tmp_path / "a $(b)")})
     _, experiment, settings = prepare_run(config, RunOptions(run_name="r1"))
     assert shlex.split(resume_command(config, experiment, settings))[6] == str(tmp_path / "a $(b)")
+
+
+def test_a_tick_is_not_resumed_by_hand_while_its_scheduler_runs(tmp_path):
+    from filelock import FileLock
+
+    from search.engine.storage import SCHEDULE_LOCK_FILE, SCHEDULER_PID_FILE, schedule_folder
+
+    saved = RunSettings(tracking_uri="sqlite:////elsewhere/other.db", tags={"schedule": "smoke", "tick": "t"})
+    config = started_run(tmp_path, saved)
+    folder = schedule_folder(str(tmp_path), "smoke")
+    folder.mkdir()
+    (folder / SCHEDULER_PID_FILE).write_text("4242")
+    lock = FileLock(str(folder / SCHEDULE_LOCK_FILE))
+    with lock:
+        with pytest.raises(UserError, match=r"a tick of schedule 'smoke', whose scheduler \(pid 4242\) is running"):
+            prepare_run(config, RunOptions(run_name="r1", resume=True))
+        # The scheduler itself resumes its ticks.
+        ticked = RunOptions(run_name="r1", resume=True, tags={"schedule": "smoke", "tick": "t"})
+        assert prepare_run(config, ticked)[2].tags["schedule"] == "smoke"
+    assert prepare_run(config, RunOptions(run_name="r1", resume=True))[2] == saved  # no scheduler: allowed

@@ -88,3 +88,15 @@ def test_a_storage_folder_the_tool_creates_is_private(tmp_path):
     mine.mkdir(mode=0o755)
     check_writable(str(mine))
     assert mine.stat().st_mode & 0o777 == 0o755  # a folder the user made keeps its permissions
+
+
+def test_a_schedule_keeps_its_lock_with_local_runs_or_in_the_state_directory(tmp_path, monkeypatch):
+    from search.engine.storage import schedule_folder
+
+    assert schedule_folder(str(tmp_path), "nightly") == tmp_path / "nightly.schedule"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cloud = schedule_folder("s3://bucket/sweeps", "nightly")
+    assert cloud.parent == tmp_path / "state" / "mnist-sweeps" / "schedules" and cloud.name.startswith("nightly-")
+    assert cloud != schedule_folder("s3://bucket/other", "nightly")
+    monkeypatch.chdir(tmp_path)  # the same from any folder
+    assert schedule_folder("s3://bucket/sweeps", "nightly") == cloud
