@@ -54,23 +54,66 @@ def test_rays_config_preparation_accepts_it(config, fake_aws):
     assert prepared["head_start_ray_commands"] == config["head_start_ray_commands"]  # ours, not Ray's defaults
 
 
-def test_ray_bootstraps_it_on_a_mocked_aws_without_opening_the_dashboard(config, fake_aws):
+MY_RANGE = "203.0.113.0/24"  # the address range a user lets SSH in from
+
+
+def prepare_aws_like_the_readme(config: dict) -> dict:
+    """What the README has a user create before `ray up`, in the mocked AWS: the security group
+    (SSH from their range, all traffic between members) and the workers' instance profile with the
+    shipped bucket policy; the config then names the group's real id."""
+    import boto3
+
+    ec2, iam = boto3.client("ec2", region_name="us-west-2"), boto3.client("iam")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName="mnist-sweeps", Description="mnist-sweeps", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": MY_RANGE}]},
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                     "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName="mnist-sweeps-worker", AssumeRolePolicyDocument=json.dumps(trust))
+    iam.put_role_policy(RoleName="mnist-sweeps-worker", PolicyName="sweep-bucket",
+                        PolicyDocument=(REPO / "examples" / "cluster" / "worker-policy.json").read_text())
+    iam.create_instance_profile(InstanceProfileName="mnist-sweeps-worker")
+    iam.add_role_to_instance_profile(InstanceProfileName="mnist-sweeps-worker", RoleName="mnist-sweeps-worker")
+    text = CLUSTER_YAML.read_text().replace("sg-0123456789abcdef0", group)
+    return yaml.safe_load(text)
+
+
+def test_ray_bootstraps_it_on_a_mocked_aws_with_ssh_open_to_my_range_only(fake_aws):
     import boto3
     from ray.autoscaler._private.commands import _bootstrap_config
     from ray.autoscaler._private.util import prepare_config
 
-    booted = _bootstrap_config(prepare_config(copy.deepcopy(config)), no_config_cache=True)
+    booted = _bootstrap_config(prepare_config(prepare_aws_like_the_readme(yaml.safe_load(CLUSTER_YAML.read_text()))),
+                               no_config_cache=True)
     types = booted["available_node_types"]
     assert types["gpu_worker"]["resources"]["GPU"] >= 1  # filled in from the instance type
     assert types["cpu_worker"]["resources"]["CPU"] >= 1
     head = types["head"]["node_config"]
-    assert head["ImageId"].startswith("ami-") and head["SecurityGroupIds"]
+    assert head["ImageId"].startswith("ami-")
+    group_ids = {g for t in types.values() for g in t["node_config"]["SecurityGroupIds"]}
     groups = boto3.client("ec2", region_name="us-west-2").describe_security_groups(
-        GroupIds=head["SecurityGroupIds"])["SecurityGroups"]
-    for rule in (r for g in groups for r in g["IpPermissions"]):
-        world = any(ip["CidrIp"] == "0.0.0.0/0" for ip in rule.get("IpRanges", []))
-        if world:
-            assert (rule.get("FromPort"), rule.get("ToPort")) == (22, 22), f"open to the world: {rule}"
+        GroupIds=sorted(group_ids))["SecurityGroups"]
+    assert [g["GroupName"] for g in groups] == ["mnist-sweeps"]  # ours, not a group Ray made
+    rules = [r for g in groups for r in g["IpPermissions"]]
+    assert not [r for r in rules if any(ip["CidrIp"] == "0.0.0.0/0" for ip in r.get("IpRanges", []))]
+    assert [ip["CidrIp"] for r in rules if r.get("FromPort") == 22 for ip in r["IpRanges"]] == [MY_RANGE]
+    for worker in ("cpu_worker", "gpu_worker"):
+        assert types[worker]["node_config"]["IamInstanceProfile"]["Arn"].endswith("/mnist-sweeps-worker")
+
+
+def test_the_workers_may_touch_the_sweep_bucket_only():
+    policy = json.loads((REPO / "examples" / "cluster" / "worker-policy.json").read_text())
+    actions = [a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert actions and all(a.startswith("s3:") and "*" not in a for a in actions)
+    resources = {r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str)
+                                                          else s["Resource"])}
+    assert resources == {"arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/sweeps/*"}
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+    pass_role = json.loads((REPO / "examples" / "cluster" / "head-pass-role-policy.json").read_text())
+    assert pass_role["Statement"][0]["Action"] == "iam:PassRole"
+    assert pass_role["Statement"][0]["Resource"].endswith(":role/mnist-sweeps-worker")
 
 
 def test_token_auth_is_on_and_the_token_reaches_every_node(config):
@@ -109,7 +152,7 @@ def test_trials_in_flight_follow_what_the_autoscaler_can_grow_to(config, fake_aw
 
     from search.engine.cluster import autoscaling_growth
 
-    booted = _bootstrap_config(prepare_config(copy.deepcopy(config)), no_config_cache=True)
+    booted = _bootstrap_config(prepare_config(prepare_aws_like_the_readme(config)), no_config_cache=True)
     path = tmp_path / "ray_bootstrap_config.yaml"
     path.write_text(json.dumps(booted))  # what `ray up` writes on the head
     cpu_per_node = int(booted["available_node_types"]["cpu_worker"]["resources"]["CPU"])
