@@ -264,6 +264,11 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
         settings.refuse_another_store(env_tracking_uri, experiment_dir, "pass --tracking-uri to choose the store")
     store = (tracking_uri or (settings and settings.tracking_uri) or config.mlflow.tracking_uri or env_tracking_uri
              or default_tracking_uri(local_root(experiment)))
+    named_by_user = store in (tracking_uri, env_tracking_uri)
+    if store.startswith(("http://", "https://")) and not named_by_user:
+        # The folder is not trusted to choose a server: it would receive this user's MLflow credentials.
+        raise UserError(f"{experiment_dir} names the tracking server {store}; replay there only by naming it "
+                        f"yourself: --tracking-uri {store}")
     target = target_for(config, run_name, store, local_root(experiment))
     snapshot = read_trials(experiment.uri, config)  # plain JSON: a run folder is not trusted to run code
     results = experiment.read_json(RESULTS_FILE)

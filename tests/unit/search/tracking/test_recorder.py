@@ -114,3 +114,20 @@ def test_sweep_params_describe_the_search():
     assert params["space.lr"] == "loguniform(0.0001, 0.01)"
     assert params["space.batch_norm"] == "choice(True, False)"
     assert params["search.algorithm"] == "optuna" and params["scheduler.reduction_factor"] == 2.0
+
+
+def test_sync_mlflow_does_not_let_a_run_folder_choose_a_tracking_server(tmp_path):
+    """A crafted run.json naming a server would get this user's MLflow credentials sent there."""
+    import json
+
+    from core.errors import UserError
+    from search.engine.storage import RUN_FILE, SWEEP_FILE
+    from search.tracking.replay import sync_experiment
+    from spaces import load_sweep
+
+    folder = tmp_path / "runs" / "crafted"
+    folder.mkdir(parents=True)
+    (folder / SWEEP_FILE).write_text(json.dumps(load_sweep("smoke").document()))
+    (folder / RUN_FILE).write_text(json.dumps({"settings": {"tracking_uri": "http://collector.example:5000"}}))
+    with pytest.raises(UserError, match="names the tracking server http://collector.example:5000; replay there only"):
+        sync_experiment(str(folder), None, None, timeout_s=1)
