@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
 from search.report import TrialSummary, history_from_rows, rank_trials, summarize_trial
 from spaces import SweepConfig
 
@@ -86,7 +87,8 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
         state, metadata = json.loads(state_json), json.loads(metadata_json)
         trial_id, folder_name = str(state["trial_id"]), str(state.get("relative_logdir") or "")
         if not folder_name or "/" in folder_name or folder_name in (".", ".."):
-            raise ValueError(f"{experiment_uri}: trial {trial_id} names the folder {folder_name!r}")
+            raise UserError(f"{experiment_uri}: trial {trial_id} names the folder {folder_name!r}, "
+                            "which is not a folder of this run")
         folder = f"{root}/{folder_name}"
         params = _read_json(fs, f"{folder}/params.json", default=None)
         trial_config = params if isinstance(params, dict) else state.get("config") or {}
@@ -95,14 +97,15 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
         if checkpoint is not None:
             rows = checkpoint_history(checkpoint) + rows  # as in load_trials: Tune's rows win
         error_file = metadata.get("error_filename")
-        errored = state.get("status") == "ERROR"
+        # Tune may still call a trial that failed for good RUNNING (it does not re-save it then).
+        errored = state.get("status") == "ERROR" or (state.get("status") != "TERMINATED" and bool(error_file))
         error = _read_text(fs, f"{folder}/{Path(error_file).name}") if errored and error_file else None
         summaries.append(summarize_trial(
             trial_id=trial_id,
             config=dict(trial_config),
             history=history_from_rows(rows),
             errored=errored,
-            unfinished=state.get("status") not in ("TERMINATED", "ERROR"),
+            unfinished=not errored and state.get("status") != "TERMINATED",
             max_t=config.scheduler.max_t,
             metric=config.metric,
             mode=config.mode,
