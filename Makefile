@@ -5,16 +5,24 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-full clean
+.PHONY: install run test lint bench bench-full clean tune-command
 
-install: $(STAMP)
+install: $(STAMP) tune-command
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-run: $(STAMP)
+# Ray installs a `tune` command too, and whichever package was installed last owns .venv/bin/tune:
+# after Ray is reinstalled or upgraded, `tune run` answers "No such command 'run'". Put ours back.
+tune-command: $(STAMP)
+	@grep -q "from search.cli import main" $(BIN)/tune || { \
+	  echo "$(BIN)/tune is Ray's command (Ray was installed after this project); restoring ours" \
+	       "(python -m search always works)" >&2; \
+	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -c constraints.txt -e . ; }
+
+run: tune-command
 	$(BIN)/tune run quick
 
 test: $(STAMP)
