@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,17 @@ def read_sweep_document(path: Path) -> dict[str, Any]:
         known = ", ".join(available_sweeps())
         raise UserError(f"{path}: no such sweep file (shipped sweeps: {known})")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise UserError(f"{path}: is {size} bytes, but sweep files must be <= {MAX_FILE_BYTES}")
-        text = path.read_bytes().decode("utf-8")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            raise UserError(f"{path}: is not a regular file, but must be a sweep file (.yaml)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise UserError(f"{path}: is {info.st_size} bytes, but sweep files must be <= {MAX_FILE_BYTES}")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # a file that grows after the check is still bounded
+        if len(data) > MAX_FILE_BYTES:
+            raise UserError(f"{path}: grew past {MAX_FILE_BYTES} bytes while being read; sweep files must be "
+                            "smaller")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         byte = err.object[err.start]
         raise UserError(f"{path}: is not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None

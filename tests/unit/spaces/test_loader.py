@@ -119,3 +119,31 @@ def test_bad_override_is_one_line(tmp_path, override, expected):
 def test_validation_without_a_file_names_the_overrides():
     with pytest.raises(UserError, match=r"^--set: space.lr"):
         validate_sweep({"name": "train", "space": {"lr": -1}})
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    fifo = tmp_path / "sweep.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is not a regular file"):
+        load_sweep(str(fifo))
+
+
+def test_a_file_that_grows_while_read_stays_bounded(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from spaces import _loader
+
+    grown = tmp_path / "grown.yaml"
+    grown.write_text("epochs: 2\n" + "#" * (_loader.MAX_FILE_BYTES + 10))
+    real_stat = Path.stat
+
+    def stat_before_it_grew(self, *args, **kwargs):  # what stat said a moment before the read
+        info = real_stat(self, *args, **kwargs)
+        return os.stat_result((info.st_mode, *info[1:6], 100, *info[7:])) if self == grown else info
+
+    monkeypatch.setattr(Path, "stat", stat_before_it_grew)
+    with pytest.raises(UserError, match="grew past"):
+        load_sweep(str(grown))
