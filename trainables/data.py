@@ -9,13 +9,12 @@ the official SHA-256, so any gzip wrapper (or none) is accepted.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import os
-import shutil
 import struct
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,10 @@ LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 IMAGE_SIDE_PX = 28
 NUM_CLASSES = 10
 DOWNLOAD_TIMEOUT_S = 30.0
+# The largest official file (60,000 images) is 47 MB raw, 10 MB gzipped: anything much larger is not
+# an MNIST-format file, and is never read, downloaded or decompressed past this bound.
+MAX_IDX_BYTES = 64 << 20
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a mirror on this machine may be plain http
 MIN_SUBSET = 100
 VAL_FRACTION = 1 / 3
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -65,7 +68,6 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
         ),
         mean=0.1307,
         std=0.3081,
@@ -80,7 +82,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
         mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
         ),
         mean=0.2860,
@@ -289,15 +290,29 @@ def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.
 def _parse_file(path: Path) -> tuple[np.ndarray, str]:
     """The array in an IDX file and the SHA-256 of its decompressed content."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_IDX_BYTES + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise UserError(f"{path}: is larger than {MAX_IDX_BYTES >> 20} MiB, so not an MNIST-format file")
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise UserError(f"{path}: damaged or truncated gzip data ({err})") from None
+        raw = _gunzip_bounded(raw, path)
     return parse_idx(raw, str(path)), hashlib.sha256(raw).hexdigest()
+
+
+def _gunzip_bounded(raw: bytes, path: Path) -> bytes:
+    """The content of a gzip file, refusing to inflate past `MAX_IDX_BYTES` (a gzip bomb)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, MAX_IDX_BYTES + 1)
+    except zlib.error as err:
+        raise UserError(f"{path}: damaged or truncated gzip data ({err})") from None
+    if len(out) > MAX_IDX_BYTES or inflater.unconsumed_tail:
+        raise UserError(f"{path}: inflates to more than {MAX_IDX_BYTES >> 20} MiB, so not an MNIST-format file")
+    if not inflater.eof:
+        raise UserError(f"{path}: damaged or truncated gzip data (the stream ends early)")
+    return out
 
 
 def _check_digest(path: Path, digest: str, expected: str) -> None:
@@ -366,16 +381,22 @@ def _download(
 
 
 def _fetch(url: str, target: Path, sha256: str) -> None:
-    if not url.startswith(("https://", "http://")):
-        raise UserError(f"{url}: mirrors must be http(s) URLs")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
+        raise UserError(f"{url}: mirrors must be https URLs (plain http only on this machine)")
     log.info("downloading %s", url)
     partial = target.with_suffix(target.suffix + ".part")
     request = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310 - scheme checked above
-    with request as response, partial.open("wb") as out:
-        shutil.copyfileobj(response, out)
     try:
+        with request as response, partial.open("wb") as out:
+            copied = 0
+            while chunk := response.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_IDX_BYTES:
+                    raise UserError(f"{url}: more than {MAX_IDX_BYTES >> 20} MiB, so not an MNIST-format file")
+                out.write(chunk)
         read_idx(partial, sha256)
-    except UserError:
+    except BaseException:
         partial.unlink(missing_ok=True)
         raise
     partial.replace(target)

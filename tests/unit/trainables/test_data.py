@@ -232,3 +232,48 @@ def test_fashion_mnist_through_the_same_code():
 def test_unknown_dataset_is_a_user_error():
     with pytest.raises(UserError, match=r"data\.dataset is 'cifar'"):
         load_data("cifar")
+
+
+# --- bounds on what is read, inflated and downloaded ---------------------------------
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    import zlib
+
+    from trainables.data import read_idx
+
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb.write_bytes(packer.compress(bytes(70 << 20)) + packer.flush())  # 70 MiB of zeros, ~70 KB packed
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match="inflates to more than 64 MiB, so not an MNIST-format file"):
+        read_idx(bomb)
+
+
+def test_mirrors_must_be_https_except_on_this_machine(tmp_path):
+    from trainables.data import _fetch
+
+    with pytest.raises(UserError, match=r"mirrors must be https URLs \(plain http only on this machine\)"):
+        _fetch("http://mirror.example.com/mnist/train-images-idx3-ubyte.gz", tmp_path / "x.gz", "0" * 64)
+    assert not (tmp_path / "x.gz.part").exists()
+
+
+def test_a_mirror_that_sends_too_much_is_cut_off(tmp_path):
+    from trainables.data import _fetch
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with (served / "huge.gz").open("wb") as f:
+        f.truncate(65 << 20)  # sparse: 65 MiB of zeros
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/huge.gz"
+        with pytest.raises(UserError, match="more than 64 MiB, so not an MNIST-format file"):
+            _fetch(url, tmp_path / "huge.gz", "0" * 64)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "huge.gz").exists() and not (tmp_path / "huge.gz.part").exists()
