@@ -331,6 +331,8 @@ def sweep_params(config: SweepConfig) -> dict[str, Any]:
     for section in ("search", "scheduler", "resources", "data"):
         for key, value in getattr(config, section).model_dump().items():
             params[f"{section}.{key}"] = value
+    if params.get("search.storage"):  # an Optuna database URL may carry a password
+        params["search.storage"] = redact_uri(params["search.storage"])
     for key, value in config.space.entries().items():
         params[f"space.{key}"] = value.describe() if is_distribution(value) else repr(value)
     return params

@@ -134,3 +134,8 @@ def test_sync_mlflow_does_not_let_a_run_folder_choose_a_tracking_server(tmp_path
     expected = "names the tracking server http://collector.example:5000; replay there only"
     with pytest.raises(UserError, match=re.escape(expected)):
         sync_experiment(str(folder), None, None, timeout_s=1)
+
+
+def test_an_optuna_database_password_is_not_logged_as_a_param():
+    config = load_sweep("smoke", ["search.storage=postgresql://optuna:db-secret-661@db.example:5432/studies"])
+    assert sweep_params(config)["search.storage"] == "postgresql://optuna:***@db.example:5432/studies"
