@@ -201,7 +201,7 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data,
     from ray import tune
 
     from search.engine import cluster
-    from search.engine.tuner import build_searcher, build_tuner, restore_tuner
+    from search.engine.tuner import DiskSpaceGuard, build_searcher, build_tuner, restore_tuner
 
     journal = experiment.study_journal()
     if options.resume and tune.Tuner.can_restore(experiment.uri):
@@ -221,9 +221,10 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data,
             print(why, file=sys.stderr)
     callback = _tracking_callback(config, experiment, target, settings.tags)
     searcher = build_searcher(config, str(journal), optuna_class, upload_journal=experiment.is_remote)
+    guards = [] if experiment.is_remote else [DiskSpaceGuard(experiment.storage)]
     tuner = build_tuner(config, trial_data, searcher,
                         storage=experiment.storage, run_name=experiment.run_name, max_concurrent_trials=slots,
-                        verbose=0 if options.as_json else 1, callbacks=[callback])
+                        verbose=0 if options.as_json else 1, callbacks=[callback, *guards])
     return tuner, callback
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +94,35 @@ def build_trainable(config: SweepConfig, data: Data, experiment_uri: str) -> Any
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri)
     return tune.with_resources(trainable, resources)
+
+
+RUNNING_MIN_FREE_BYTES = 100 * 1024 * 1024  # below this a running sweep stops, its state saved
+
+
+class DiskSpaceGuard(tune.Callback):
+    """Stops the sweep like Ctrl-C, its state saved, when the local storage runs low on space,
+    before a full disk can leave a checkpoint, Tune's state or an MLflow record half-written;
+    after space is freed, `--resume` finishes it. Checked every `every_s` seconds."""
+
+    def __init__(self, path: str, min_free_bytes: int = RUNNING_MIN_FREE_BYTES, every_s: float = 2.0) -> None:
+        self.path = path
+        self.min_free_bytes = min_free_bytes
+        self.every_s = every_s
+        self._checked = float("-inf")
+        self._stopping = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if self._stopping or now - self._checked < self.every_s:
+            return
+        self._checked = now
+        free = shutil.disk_usage(self.path).free
+        if free < self.min_free_bytes:
+            self._stopping = True
+            print(f"storage {self.path}: only {free >> 20} MiB free, below the {self.min_free_bytes >> 20} MiB "
+                  "a running sweep keeps; stopping with the sweep's state saved: free space, then resume it",
+                  file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop, as Ctrl-C
 
 
 def build_tuner(
