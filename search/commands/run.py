@@ -26,6 +26,7 @@ from search.engine.storage import (
     RunSettings,
     check_writable,
     default_run_name,
+    is_uri,
     latest_run,
     local_root,
     resolve_storage,
@@ -99,7 +100,8 @@ def plan_payload(config: SweepConfig) -> dict[str, Any]:
 def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, ExperimentDir, RunSettings]:
     """Pick the experiment folder (a new one, or the one `--resume` continues) and its settings."""
     storage = resolve_storage(config.storage)
-    check_writable(storage)  # before anything else reads or writes there
+    if is_uri(storage):
+        check_writable(storage)  # a cloud probe writes nothing here; before anything reads the bucket
     if options.resume:
         run_name = options.run_name or latest_run(storage, config.name)
         if run_name is None:
@@ -139,6 +141,8 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
 
     data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
                      split_seed=config.data.split_seed)
+    if not experiment.is_remote:
+        check_writable(experiment.storage)  # after the data: bad data leaves nothing written
     from search.engine import cluster
 
     check_tracking_access(settings.tracking_uri, config.mlflow.experiment or config.name, experiment.run_name)

@@ -166,12 +166,10 @@ def trial_slots(cpu_per_trial: float, gpu_per_trial: float, on_cluster: bool) ->
     resource demand, which is what makes the autoscaler add workers. Elsewhere (a local Ray,
     a fixed cluster), what the resources up now can run.
     """
+    now = slots(cpu_per_trial, gpu_per_trial)
     growth = autoscaling_growth(cpu_per_trial, gpu_per_trial, BOOTSTRAP_CONFIG) if on_cluster else None
-    if growth is None:
-        return slots(cpu_per_trial, gpu_per_trial), None
-    if growth.trials < 1:
-        raise UserError(f"no node type of the autoscaler config ({BOOTSTRAP_CONFIG}) fits a trial of "
-                        f"resources.cpu {cpu_per_trial:g}, resources.gpu {gpu_per_trial:g}")
+    if growth is None or growth.trials <= now:  # no autoscaler, or a config that knows less than what is up
+        return now, None
     return growth.trials, growth.describe()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -178,11 +177,9 @@ def check_writable(storage: str) -> None:
         return
     root = Path(storage)
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
         # A folder this tool creates is private (run folders hold checkpoints and pickles); one that
         # exists (the user's own, or another sweep's just now) keeps its permissions.
-        with contextlib.suppress(FileExistsError):
-            root.mkdir(mode=0o700)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)  # a new file: no planted link
         os.write(handle, b"ok")
         os.close(handle)

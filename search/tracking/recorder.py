@@ -79,7 +79,12 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.unlink(missing_ok=True)
     MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)  # runs the migrations
-    os.replace(partial, path)
+    try:
+        os.link(partial, path)  # never replaces a store another driver created meanwhile (and opened)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def redact_uri(uri: str) -> str:

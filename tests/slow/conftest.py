@@ -82,7 +82,7 @@ IDLE_TIMEOUT_MIN = 0.1  # 6 s: idle workers go soon after a sweep
 ALIVE_WORKERS = """
 import json, ray, sys
 ray.init(address=sys.argv[1], logging_level="ERROR")
-print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]))
+print("workers:", json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]))
 """
 
 
@@ -149,7 +149,8 @@ class AutoscalingCluster:
     def alive_workers(self, env: dict[str, str]) -> list[str]:
         proc = subprocess.run([sys.executable, "-c", ALIVE_WORKERS, self.address], env=env, capture_output=True,
                               text=True, timeout=60, check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("workers: "))  # not Ray's logs
+        return json.loads(line.removeprefix("workers: "))
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
-from core.errors import UserError
 from search.engine import cluster
 from search.engine.cluster import autoscaling_growth, trials_per_node
 
@@ -47,5 +45,6 @@ def test_an_autoscaling_cluster_is_bound_by_what_it_can_grow_to(tmp_path, monkey
     slots, why = cluster.trial_slots(1, 0, on_cluster=True)
     assert slots == 2 and "as the autoscaler adds nodes" in why
     assert cluster.trial_slots(1, 0, on_cluster=False) == (1, None)  # a local Ray: what is up
-    with pytest.raises(UserError, match="fits a trial"):
-        cluster.trial_slots(1, 1, on_cluster=True)  # no node type has a GPU
+    # A config that knows less than what is up (no GPU node type here; resources not filled in, as
+    # with Ray's local provider) never lowers the number below what the cluster runs now.
+    assert cluster.trial_slots(1, 1, on_cluster=True) == (1, None)
