@@ -89,9 +89,16 @@ def latest_trial_checkpoint(experiment_uri: str, trial_id: str) -> tune.Checkpoi
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_uri)
     trial_dirs = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
                   if info.type == pyarrow.fs.FileType.Directory and f"_{trial_id}_" in info.base_name]
+    return latest_checkpoint_in(fs, trial_dirs)
+
+
+def latest_checkpoint_in(fs: Any, trial_dirs: list[str]) -> tune.Checkpoint | None:
+    """The complete checkpoint with the highest epoch in these trial folders (of file system `fs`)."""
+    import pyarrow.fs
+
     best: tuple[int, str] | None = None
     for trial_dir in trial_dirs:
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir)):
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True)):
             if not info.base_name.startswith("checkpoint_"):
                 continue
             try:

@@ -105,11 +105,7 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
     """How many trials the cluster's resources, as they are now, can run at once."""
     import ray
 
-    resources = ray.cluster_resources()
-    fits = [resources.get("CPU", 0) / cpu_per_trial]
-    if gpu_per_trial:
-        fits.append(resources.get("GPU", 0) / gpu_per_trial)
-    return max(1, int(min(fits) + 1e-9))
+    return max(1, trials_per_node(ray.cluster_resources(), cpu_per_trial, gpu_per_trial))
 
 
 @dataclass(frozen=True)

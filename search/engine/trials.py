@@ -74,7 +74,7 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
     """
     import pyarrow.fs
 
-    from trainables.trainable import checkpoint_history, latest_trial_checkpoint
+    from trainables.trainable import checkpoint_history, latest_checkpoint_in
 
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_uri)
     states = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
@@ -93,7 +93,7 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
         params = _read_json(fs, f"{folder}/params.json", default=None)
         trial_config = params if isinstance(params, dict) else state.get("config") or {}
         rows = _read_json_lines(fs, f"{folder}/result.json")
-        checkpoint = latest_trial_checkpoint(experiment_uri, trial_id)
+        checkpoint = latest_checkpoint_in(fs, [folder])  # its own folder: no listing of the whole run
         if checkpoint is not None:
             rows = checkpoint_history(checkpoint) + rows  # as in load_trials: Tune's rows win
         error_file = metadata.get("error_filename")
