@@ -30,7 +30,7 @@ CHECKPOINTS = (10, 50, 100, 250, 500)
 def ask_tell_ms(storage: str | None, trials: int) -> dict[int, float]:
     """Milliseconds of one ask + tell, averaged around each checkpoint size of the study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = {k: d.to_optuna() for k, d in load_sweep("default").space.searched().items()}
+    space = {k: d.to_optuna() for k, d in load_sweep("default").searched().items()}
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=tpe_startup_trials(trials), multivariate=True,
                                          constant_liar=True)
     study = optuna.create_study(storage=open_storage(storage), sampler=sampler, study_name="bench")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # Keys of a trial's configuration that a sweep file's `space` may set (the seed's switches first).
 SPACE_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed")
+MODEL_SWITCHES = ("batch_norm", "skip", "dropout")  # the seed network's; a `model:` callable may take them
+LOOP_KEYS = ("lr", "l2", "batch_size", "seed")  # the training loop's, whatever the model
 EPOCHS = "epoch"  # the time attribute of every report (ASHA's rungs, MLflow's step)
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
 TEST_METRICS = ("test_loss", "test_acc")

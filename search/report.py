@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.names import EPOCH_METRICS, EPOCHS, ERRORED, SPACE_KEYS, STATUSES, trial_status
-from spaces import SweepConfig
+from spaces import Choice, Grid, SweepConfig
 
-CONFIG_KEYS = SPACE_KEYS
+CONFIG_KEYS = SPACE_KEYS  # the seed's; a `model:` callable's own keys follow them (config_keys)
 HISTORY_KEYS = (EPOCHS, *EPOCH_METRICS, "timestamp")
 
 
@@ -64,7 +64,7 @@ def summarize_trial(
     return TrialSummary(
         trial_id=trial_id,
         status=trial_status(errored, epochs, max_t, unfinished),
-        config={k: config[k] for k in CONFIG_KEYS if k in config},
+        config={k: v for k, v in config.items() if k != "epochs"},
         epochs=epochs,
         best_epoch=int(best["epoch"]) if best else None,
         score=best[metric] if best else None,
@@ -128,10 +128,44 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
 
 
+def config_keys(trials: Sequence[TrialSummary]) -> list[str]:
+    """The config keys of these trials: the seed's first, in their order, then any others."""
+    seen = {k: None for t in trials for k in t.config}
+    return [k for k in CONFIG_KEYS if k in seen] + sorted(k for k in seen if k not in CONFIG_KEYS)
+
+
 def top_trials_table(trials: Sequence[TrialSummary], limit: int = 10) -> str:
     rows = [{"trial": t.trial_id, **t.config, "val_loss": t.val_loss, "val_acc": t.val_acc,
              "epochs": t.epochs, "status": t.status} for t in trials[:limit]]
-    return format_table(rows, ["trial", *CONFIG_KEYS, "val_loss", "val_acc", "epochs", "status"])
+    return format_table(rows, ["trial", *config_keys(trials), "val_loss", "val_acc", "epochs", "status"])
+
+
+def level_keys(config: SweepConfig) -> list[str]:
+    """The searched keys with listed values (choice or grid): booleans and categories."""
+    return [k for k, v in config.searched().items() if isinstance(v, (Choice, Grid))]
+
+
+def level_rows(trials: Sequence[TrialSummary], key: str, max_t: int, metric: str, mode: str
+               ) -> list[dict[str, Any]]:
+    """Per value of `key`: how many trials ran it and ran the full budget (`max_t` epochs), and the best
+    and mean of the sweep metric over those that ran the full budget (a trial stopped early is not
+    compared with one that was not). `trials` are ranked best first."""
+    pick = min if mode == "min" else max
+    levels = list(dict.fromkeys(t.config.get(key) for t in trials if key in t.config))
+    rows = []
+    for level in levels:
+        group = [t for t in trials if t.config.get(key) == level and t.status != ERRORED]
+        full = [t.score for t in group if t.epochs >= max_t and t.score is not None]
+        rows.append({key: level, "trials": len(group), "full_budget": len(full),
+                     f"best_{metric}": pick(full) if full else None,
+                     f"mean_{metric}": sum(full) / len(full) if full else None})
+    return rows
+
+
+def level_tables(trials: Sequence[TrialSummary], config: SweepConfig) -> dict[str, list[dict[str, Any]]]:
+    """`level_rows` for every searched boolean or categorical key, by key."""
+    return {key: level_rows(trials, key, config.scheduler.max_t, config.metric, config.mode)
+            for key in level_keys(config)}
 
 
 def ablation_table(trials: Sequence[TrialSummary]) -> str:
@@ -158,5 +192,6 @@ def results_payload(
         "trials": [{k: v for k, v in asdict(t).items() if k != "history"} | {"history": t.history}
                    for t in trials],
         "ablation": ablation_rows(trials),
+        "levels": level_tables(trials, config),
         **extra,
     }

@@ -1,7 +1,8 @@
 """What to search: sweep files (YAML) and the validated `SweepConfig` they become."""
 
 from core.names import METRIC_MODES
-from spaces._distributions import Choice, Grid, IntRange, LogUniform, Uniform, is_distribution
+from spaces._distributions import Choice, Grid, IntRange, LogUniform, Uniform, is_distribution, representative
+from spaces._entry import check_entry_points
 from spaces._loader import (
     SPACES_DIR,
     apply_override,
@@ -24,9 +25,11 @@ __all__ = [
     "Uniform",
     "apply_override",
     "available_sweeps",
+    "check_entry_points",
     "check_name",
     "is_distribution",
     "load_sweep",
+    "representative",
     "resolve_sweep_path",
     "set_value",
     "validate_sweep",

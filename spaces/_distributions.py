@@ -194,3 +194,33 @@ def param_spec(value_type: Any, kinds: tuple[str, ...]) -> Any:
 
 def is_distribution(value: Any) -> bool:
     return isinstance(value, _Distribution)
+
+
+def open_spec() -> Any:
+    """The type of a space key the seed does not know (a `model:` callable's own argument):
+    a fixed bool, int, float or string, a choice or grid of them, or a numeric range."""
+    from pydantic import StrictBool, StrictFloat, StrictInt
+
+    value = Union[StrictBool, StrictInt, StrictFloat, str]  # noqa: UP007 - order matters: bool before int
+    members = [
+        Annotated[value, Tag("fixed")],
+        Annotated[Choice[value], Tag("choice")],
+        Annotated[Grid[value], Tag("grid")],
+        Annotated[Uniform[float], Tag("uniform")],
+        Annotated[LogUniform[float], Tag("loguniform")],
+        Annotated[IntRange[int], Tag("int")],
+    ]
+    return Annotated[
+        Union[tuple(members)],  # noqa: UP007 - built dynamically
+        Discriminator(_kind_of, custom_error_type="distribution",
+                      custom_error_message=f"expected a fixed value or one of: {', '.join(DISTRIBUTIONS)}"),
+    ]
+
+
+def representative(value: Any) -> Any:
+    """One value a distribution can take (the first listed, or the low end): to try a model once."""
+    if not is_distribution(value):
+        return value
+    if isinstance(value, _Listed):
+        return value.values()[0]
+    return value.low

@@ -120,7 +120,11 @@ def load_sweep(
         set_value(document, key, value)
     if name is not None:
         document["name"] = name
-    return validate_sweep(document, path)
+    config = validate_sweep(document, path)
+    from spaces._entry import check_entry_points
+
+    check_entry_points(config)
+    return config
 
 
 def validate_sweep(document: Mapping[str, Any], source: Path | None = None) -> SweepConfig:
@@ -180,7 +184,7 @@ def apply_override(document: dict[str, Any], override: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise UserError(f"--set {override}: must be KEY=VALUE, e.g. --set lr=0.01")
-    path = key_path(key)
+    path = key_path(key, open_space=bool(document.get("model")))
     try:
         value = _parse_yaml(raw)
     except ValueError as err:
@@ -190,12 +194,16 @@ def apply_override(document: dict[str, Any], override: str) -> None:
 
 def set_value(document: dict[str, Any], key: str, value: Any) -> None:
     """Set `key.path` to a typed value in place (a flag's value: no YAML round trip)."""
-    _set(document, key_path(key), value)
+    _set(document, key_path(key, open_space=bool(document.get("model"))), value)
 
 
-def key_path(key: str) -> list[str]:
-    """`lr` -> [space, lr], `search.num_samples` -> [search, num_samples]; unknown keys are refused."""
+def key_path(key: str, open_space: bool = False) -> list[str]:
+    """`lr` -> [space, lr], `search.num_samples` -> [search, num_samples]; unknown keys are refused,
+    except space keys of a sweep with a `model:` callable (`open_space`: its signature decides)."""
     path = key.split(".")
+    if open_space and ((len(path) == 1 and path[0] not in allowed_keys(()) and path[0].isidentifier())
+                       or (len(path) == 2 and path[0] == SHORTHAND_SECTION)):
+        return [SHORTHAND_SECTION, path[-1]]
     if len(path) == 1 and path[0] not in allowed_keys(()):
         if path[0] not in allowed_keys([SHORTHAND_SECTION]):
             raise UserError(

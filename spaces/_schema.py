@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.entrypoints import REF_PATTERN, REF_RULE, is_ref
 from core.errors import UserError
-from core.names import DATASET_NAMES, METRIC_MODES
-from spaces._distributions import is_distribution, param_spec
+from core.names import DATASET_NAMES, METRIC_MODES, MODEL_SWITCHES
+from spaces._distributions import is_distribution, open_spec, param_spec
 
 BOOL_KINDS = ("choice", "grid")
 FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
@@ -40,7 +42,14 @@ class _Section(BaseModel):
 
 
 class Space(_Section):
-    """What to search: each key a fixed value or a distribution."""
+    """What to search: each key a fixed value or a distribution.
+
+    Keys beyond the seed's are a `model:` callable's own arguments (checked against its
+    signature when the file is loaded); without `model:` they are refused.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, open_spec()]  # type: ignore[valid-type]
 
     batch_norm: param_spec(bool, BOOL_KINDS) = True
     skip: param_spec(bool, BOOL_KINDS) = True
@@ -55,7 +64,11 @@ class Space(_Section):
         return {k: v for k, v in self.entries().items() if is_distribution(v)}
 
     def entries(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        return {**{name: getattr(self, name) for name in type(self).model_fields}, **(self.model_extra or {})}
+
+    def extra_keys(self) -> list[str]:
+        """Keys the seed's space does not have (a custom model's arguments)."""
+        return list(self.model_extra or {})
 
 
 class Search(_Section):
@@ -98,10 +111,25 @@ class Resources(_Section):
 class DataSection(_Section):
     """Which dataset, how much of it, and how it is split."""
 
-    dataset: Literal[DATASET_NAMES] = "mnist"  # type: ignore[valid-type]
+    dataset: str = "mnist"  # a built-in name, or `package.module:callable` returning the splits
     subset: int | None = Field(None, ge=100, le=60000)
     split_seed: int = Field(0, ge=0)
     dir: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, value: str) -> str:
+        if is_ref(value):
+            if not re.fullmatch(REF_PATTERN, value):
+                raise ValueError(f"{value!r} is not a callable reference ({REF_RULE}, e.g. my_data.letters:load)")
+        elif value not in DATASET_NAMES:
+            raise ValueError(f"{value!r} is neither a built-in dataset ({', '.join(DATASET_NAMES)}) "
+                             f"nor a callable reference ({REF_RULE})")
+        return value
+
+    @property
+    def is_custom(self) -> bool:
+        return is_ref(self.dataset)
 
 
 class Mlflow(_Section):
@@ -117,6 +145,8 @@ class SweepConfig(_Section):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    model: str | None = None  # `package.module:callable` building the network; None: the seed network
+    code: str | None = None  # folder of the user's modules, relative to the sweep file (default: its folder)
     metric: Literal[tuple(METRIC_MODES)] = "val_loss"  # type: ignore[valid-type]
     mode: Literal["min", "max"] | None = None
     epochs: int = Field(10, ge=1, le=10_000)
@@ -129,8 +159,16 @@ class SweepConfig(_Section):
     mlflow: Mlflow = Mlflow()
     source: Path | None = Field(None, exclude=True)
 
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(REF_PATTERN, value):
+            raise ValueError(f"{value!r} is not a callable reference ({REF_RULE}, e.g. my_models.wide:build)")
+        return value
+
     @model_validator(mode="after")
     def _resolve(self) -> SweepConfig:
+        _check_space_keys(self.space, self.model)
         expected = METRIC_MODES[self.metric]
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode is {self.mode}, but {self.metric} must be {expected}imised")
@@ -140,7 +178,7 @@ class SweepConfig(_Section):
             scheduler = scheduler.model_copy(update={"max_t": self.epochs})
             object.__setattr__(self, "scheduler", scheduler)
         _check_scheduler(scheduler, self.epochs)
-        _check_algorithm(self.search.algorithm, self.space)
+        _check_algorithm(self.search.algorithm, self.searched())
         if (trials := self.trial_count()) > MAX_TRIALS:
             raise ValueError(f"the sweep has {trials} trials (every grid combination × search.num_samples "
                              f"{self.search.num_samples}); at most {MAX_TRIALS}")
@@ -149,17 +187,48 @@ class SweepConfig(_Section):
     def trial_count(self) -> int:
         """Trials the sweep will run: `num_samples` times every grid combination."""
         return self.search.num_samples * math.prod(
-            d.grid_size() for d in self.space.searched().values()
+            d.grid_size() for d in self.searched().values()
         )
 
     def document(self) -> dict[str, Any]:
         """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from."""
         return {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
 
+    def space_entries(self) -> dict[str, Any]:
+        """The space as trials get it. With a `model:` callable the seed's model switches
+        (batch_norm, skip, dropout) are included only where the sweep file sets them."""
+        entries = self.space.entries()
+        if self.model is None:
+            return entries
+        unset = set(MODEL_SWITCHES) - self.space.model_fields_set
+        return {k: v for k, v in entries.items() if k not in unset}
+
+    def searched(self) -> dict[str, Any]:
+        """The searched entries of `space_entries()`, by key."""
+        return {k: v for k, v in self.space_entries().items() if is_distribution(v)}
+
     def trial_config(self) -> dict[str, Any]:
         """The fixed part of every trial's config (values that are not searched)."""
-        fixed = {k: v for k, v in self.space.entries().items() if not is_distribution(v)}
+        fixed = {k: v for k, v in self.space_entries().items() if not is_distribution(v)}
         return {**fixed, "epochs": self.epochs}
+
+    def code_folders(self) -> list[Path]:
+        """Where the user's modules are: the `code:` folder (relative to the sweep file), else the
+        sweep file's own folder; none for a sweep that names no callable."""
+        if self.model is None and not self.data.is_custom:
+            return []
+        base = self.source.resolve().parent if self.source else Path.cwd()
+        return [(base / self.code).resolve() if self.code else base]
+
+
+def _check_space_keys(space: Space, model: str | None) -> None:
+    for key in space.extra_keys():
+        if model is None:
+            known = ", ".join(type(space).model_fields)
+            raise ValueError(f"space.{key}: unknown key; expected one of: {known} (any other key is an "
+                             "argument of your own network: name its builder with `model: package.module:callable`)")
+        if not key.isidentifier():
+            raise ValueError(f"space.{key}: not a valid argument name for model {model}")
 
 
 def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
@@ -183,8 +252,8 @@ def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
         )
 
 
-def _check_algorithm(algorithm: str, space: Space) -> None:
-    for key, dist in space.searched().items():
+def _check_algorithm(algorithm: str, searched: dict[str, Any]) -> None:
+    for key, dist in searched.items():
         if dist.kind == "grid" and algorithm == "optuna":
             raise ValueError(
                 f"space.{key} is a grid, but search.algorithm is optuna: "

@@ -94,7 +94,8 @@ DATASETS: dict[str, DatasetSpec] = {
 
 @dataclass(frozen=True)
 class Split:
-    """Normalised images (float32, N×1×28×28) and their labels (int64, N)."""
+    """Inputs (float32, N×…; for the built-in datasets normalised N×1×28×28 images) and their
+    labels (int64, N)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -116,6 +117,7 @@ class Data:
     test: Split | None
     source: str
     sha256: Mapping[str, str] = field(default_factory=dict)
+    num_classes: int = NUM_CLASSES
 
     def without_test(self) -> Data:
         """The same data with the test split left out (what trials receive)."""
@@ -137,11 +139,14 @@ def load_data(
     cache_dir: str | os.PathLike | None = None,
     mirrors: Sequence[str] | None = None,
 ) -> Data:
-    """Find, verify and parse a dataset, then split it 2/3 train, 1/3 validation.
+    """Find, verify and parse a built-in dataset, then split it 2/3 train, 1/3 validation; a
+    `package.module:callable` is called instead (`load_custom`).
 
     `subset` keeps a stratified sample of that many training-file images (and at
     most that many test images), for fast tests and smoke runs.
     """
+    if ":" in dataset:  # a user's callable (`package.module:callable`): its own rules
+        return load_custom(dataset, {"dir": directory, "subset": subset, "split_seed": split_seed})
     spec = _spec(dataset)
     if subset is not None and subset < MIN_SUBSET:
         raise UserError(f"data.subset is {subset}, but must be >= {MIN_SUBSET}")
@@ -158,6 +163,73 @@ def load_data(
         source=source,
         sha256=dict(spec.sha256),
     )
+
+
+MAX_CUSTOM_CLASSES = 100_000
+
+
+def load_custom(ref: str, values: Mapping[str, object]) -> Data:
+    """The splits a user's data callable returns, checked and converted to arrays.
+
+    The callable (`data.dataset: package.module:callable`) gets the values of `values` its
+    signature names (`dir`, `subset`, `split_seed` from the sweep's `data:`), and returns a mapping
+    with `train`, `val` and `test` — each an `(inputs, labels)` pair of arrays or tensors, or a
+    torch `Dataset` of such pairs — and optionally `num_classes` (default: the largest label + 1).
+    Splitting, subsetting, checksums and normalisation are the callable's own business.
+    """
+    from core.entrypoints import call_with, resolve
+
+    fn = resolve(ref, "data.dataset")
+    try:
+        returned = call_with(fn, {k: v for k, v in values.items() if v is not None})
+    except Exception as err:
+        raise UserError(f"data.dataset: {ref} raised {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+                        ) from None
+    if not isinstance(returned, Mapping) or not {"train", "val", "test"} <= set(returned):
+        raise UserError(f"data.dataset: {ref} returned a {type(returned).__name__}, but must return a mapping "
+                        "with train, val and test (each (inputs, labels) or a torch Dataset), and num_classes")
+    splits = {name: _as_split(returned[name], f"data.dataset: {ref}: {name}") for name in ("train", "val", "test")}
+    top = max(int(split.labels.max()) for split in splits.values()) + 1
+    num_classes = returned.get("num_classes", top)
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CUSTOM_CLASSES or top > num_classes:
+        raise UserError(f"data.dataset: {ref}: num_classes is {num_classes!r}, but labels go up to {top - 1}: "
+                        f"it must be an int in [2, {MAX_CUSTOM_CLASSES}] above every label")
+    shapes = {split.images.shape[1:] for split in splits.values()}
+    if len(shapes) > 1:
+        raise UserError(f"data.dataset: {ref}: the splits' inputs have different shapes: "
+                        f"{', '.join(str(tuple(s)) for s in sorted(shapes))}")
+    return Data(name=ref, train=splits["train"], val=splits["val"], test=splits["test"],
+                source=f"{ref} (a callable)", num_classes=num_classes)
+
+
+def _as_split(value: object, where: str) -> Split:
+    """One split from (inputs, labels) or a Dataset of pairs: float32 inputs, int64 labels in [0, …)."""
+    if isinstance(value, torch.utils.data.Dataset) and not isinstance(value, (tuple, list)):
+        try:
+            pairs = [value[i] for i in range(len(value))]  # type: ignore[arg-type]
+            inputs = np.stack([np.asarray(x, dtype=np.float32) for x, _ in pairs]) if pairs else np.empty(0)
+            labels = np.asarray([int(y) for _, y in pairs])
+        except Exception as err:
+            raise UserError(f"{where}: reading the Dataset failed: {type(err).__name__}: {err}") from None
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        try:
+            inputs = np.asarray(value[0], dtype=np.float32)
+            labels = np.asarray(value[1])
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{where}: not numeric arrays ({err})") from None
+    else:
+        raise UserError(f"{where}: is a {type(value).__name__}, but must be (inputs, labels) or a torch Dataset")
+    if len(inputs) != len(labels):
+        raise UserError(f"{where}: {len(inputs)} inputs but {len(labels)} labels; they must match one to one")
+    if len(labels) < 1 or labels.ndim != 1:
+        raise UserError(f"{where}: needs at least one example and one label per input (labels of shape "
+                        f"{labels.shape})")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise UserError(f"{where}: labels must be class numbers 0, 1, 2, … (found dtype {labels.dtype}, "
+                        f"smallest {labels.min()})")
+    if not np.isfinite(inputs).all():
+        raise UserError(f"{where}: inputs hold NaN or infinite values")
+    return Split(np.ascontiguousarray(inputs), labels.astype(np.int64))
 
 
 def _spec(dataset: str) -> DatasetSpec:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from trainables.data import Data, Split
-from trainables.model import SeedNet
+from trainables.model import NUM_CLASSES, SeedNet
 
 EVAL_BATCH_SIZE = 256  # activations stay in L2: 1.5x faster than 1000 on a 1-thread CPU (bench/throughput.py)
 
@@ -32,19 +32,27 @@ class TrainParams:
     batch_size: int = 128
     epochs: int = 10
     seed: int = 0
+    model: str | None = None  # `package.module:callable` building the network; None: the seed network
+    model_args: tuple[tuple[str, Any], ...] = ()  # with `model`: the trial's config, by key
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainParams:
-        """Build from a Tune config dict, converting each value to its field's type."""
-        names = {f.name: f.type for f in fields(cls)}
-        unknown = set(config) - set(names)
-        if unknown:
-            raise TypeError(f"unknown config keys: {sorted(unknown)}")
+    def from_config(cls, config: Mapping[str, Any], model: str | None = None) -> TrainParams:
+        """Build from a Tune config dict, converting each value to its field's type. With a
+        `model` callable, every key of the config is also kept for it (`model_args`)."""
         casts = {"bool": bool, "float": float, "int": int}
-        return cls(**{k: casts[names[k]](v) for k, v in config.items()})
+        names = {f.name: f.type for f in fields(cls) if f.type in casts}
+        unknown = set(config) - set(names)
+        if unknown and model is None:
+            raise TypeError(f"unknown config keys: {sorted(unknown)}")
+        known = {k: casts[names[k]](v) for k, v in config.items() if k in names}
+        args = tuple(sorted((k, v) for k, v in config.items() if k != "epochs")) if model else ()
+        return cls(**known, model=model, model_args=args)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The configuration by key (a custom model's own keys included)."""
+        if self.model is None:
+            return {k: v for k, v in asdict(self).items() if k not in ("model", "model_args")}
+        return {**dict(self.model_args), "epochs": self.epochs}
 
 
 def train_epoch(
@@ -111,10 +119,18 @@ def as_tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.
     return images.to(device), labels.to(device)
 
 
-def build_model(params: TrainParams) -> SeedNet:
-    """The seed network with this configuration's switches, seeded for reproducibility."""
+def build_model(params: TrainParams, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """The network of this configuration, seeded for reproducibility: the seed network with its
+    switches, or what the `model` callable returns for the config values its signature names."""
     torch.manual_seed(params.seed)
-    return SeedNet(batch_norm=params.batch_norm, skip=params.skip, dropout=params.dropout)
+    if params.model is None:
+        return SeedNet(batch_norm=params.batch_norm, skip=params.skip, dropout=params.dropout)
+    from core.entrypoints import call_with, resolve
+
+    network = call_with(resolve(params.model, "model"), {**dict(params.model_args), "num_classes": num_classes})
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"model {params.model} returned a {type(network).__name__}, not a torch.nn.Module")
+    return network
 
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Adam:
@@ -140,7 +156,9 @@ class TrainingRun:
     ) -> None:
         self.params = params
         self.device = torch.device(device)
-        self.model = build_model(params).to(self.device)
+        self.num_classes = data.num_classes
+        self.input_shape = tuple(int(n) for n in np.shape(data.train.images)[1:])
+        self.model = build_model(params, self.num_classes).to(self.device)
         self.optimizer = build_optimizer(self.model, params)
         self.generator = torch.Generator().manual_seed(params.seed)
         self.train_split = as_tensors(data.train, self.device)
@@ -174,7 +192,7 @@ class TrainingRun:
             "epoch_seconds": time.perf_counter() - started,
         }
 
-    def best_model(self) -> SeedNet:
+    def best_model(self) -> nn.Module:
         """A copy of the network with the weights of the lowest validation loss."""
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.best_weights)
@@ -190,6 +208,8 @@ class TrainingRun:
             "best_weights": self.best_weights,
             "shuffle_rng": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

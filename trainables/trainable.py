@@ -27,7 +27,8 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
 
-def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None = None) -> None:
+def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None = None,
+                model: str | None = None) -> None:
     """Train one configuration, reporting metrics and a checkpoint after every epoch.
 
     A restored trial continues from the checkpoint Tune hands over. When Tune has none
@@ -38,7 +39,7 @@ def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None =
     (the process died right after it) is still on record.
     """
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
-    params = TrainParams.from_config(config)
+    params = TrainParams.from_config(config, model)
     device = _trial_device()
     torch.set_num_threads(_trial_threads())
     run = TrainingRun(params, data, device)
@@ -111,11 +112,15 @@ def latest_checkpoint_in(fs: Any, trial_dirs: list[str]) -> tune.Checkpoint | No
     return tune.Checkpoint(best[1], filesystem=fs) if best else None
 
 
-def load_checkpoint_model(checkpoint_dir: str | os.PathLike, config: dict[str, Any]) -> torch.nn.Module:
-    """The best-validation network stored in a trial checkpoint, in eval mode, on the CPU."""
-    params = TrainParams.from_config(config)
+def load_checkpoint_model(checkpoint_dir: str | os.PathLike, config: dict[str, Any],
+                          model_ref: str | None = None) -> torch.nn.Module:
+    """The best-validation network stored in a trial checkpoint, in eval mode, on the CPU, with the
+    shape of the inputs it was trained on (`input_shape`)."""
+    params = TrainParams.from_config(config, model_ref)
     state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = build_model(params)
+    model = build_model(params, int(state.get("num_classes", 10)))
+    model.num_classes = int(state.get("num_classes", 10))
+    model.input_shape = tuple(state.get("input_shape", (1, 28, 28)))
     model.load_state_dict(state["best_weights"])
     return model.eval()
 

@@ -33,7 +33,14 @@ from search.engine.storage import (
     schedule_folder,
     scheduler_holding,
 )
-from search.report import TrialSummary, ablation_table, chosen_trials, results_payload, top_trials_table
+from search.report import (
+    TrialSummary,
+    ablation_table,
+    chosen_trials,
+    format_table,
+    results_payload,
+    top_trials_table,
+)
 from search.tracking.recorder import (
     TrackingTarget,
     check_tracking_access,
@@ -135,19 +142,23 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
     """
     if options.dry_run:
         print(plan_text(config))
-        return SweepOutcome(EXIT_OK, plan_payload(config))
+        payload = plan_payload(config)
+        if config.model or config.data.is_custom:
+            payload["model_check"] = check_model(config, _load_data(config))
+            print(model_check_text(payload["model_check"]))
+        return SweepOutcome(EXIT_OK, payload)
     config, experiment, settings = prepare_run(config, options)
-    from trainables.data import load_data
-
-    data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
-                     split_seed=config.data.split_seed)
+    data = _load_data(config)
+    if config.model or config.data.is_custom:
+        print(model_check_text(check_model(config, data)), file=sys.stderr)
     if not experiment.is_remote:
         check_writable(experiment.storage)  # after the data: bad data leaves nothing written
     from search.engine import cluster
 
     check_tracking_access(settings.tracking_uri, config.mlflow.experiment or config.name, experiment.run_name)
     print(cluster.connect(settings.address, settings.dashboard_host, quiet=options.as_json,
-                          auth_disabled=options.env.ray_auth_disabled), file=sys.stderr)
+                          auth_disabled=options.env.ray_auth_disabled,
+                          runtime_env=code_runtime_env(config, experiment)), file=sys.stderr)
     if not settings.address:
         cluster.check_local_resources(config.resources.cpu, config.resources.gpu)
     cluster.check_shared_storage(experiment.storage, experiment.is_remote)
@@ -155,6 +166,63 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
         experiment.write_json(SWEEP_FILE, config.document())
     experiment.write_json(RUN_FILE, {"settings": settings.as_json()})
     return _fit_and_report(config, experiment, data, settings, options, optuna_class)
+
+
+def _load_data(config: SweepConfig) -> Data:
+    from trainables.data import load_data
+
+    return load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
+                     split_seed=config.data.split_seed)
+
+
+def check_model(config: SweepConfig, data: Data) -> dict[str, Any]:
+    """Build the sweep's network once (each searched key at its first value or low end) and run it
+    on two training inputs: its parameter count and output shape, or one line saying what is wrong."""
+    import numpy as np
+    import torch
+
+    from spaces import representative
+    from trainables.train import TrainParams, build_model
+
+    values = {k: representative(v) for k, v in config.space_entries().items()}
+    params = TrainParams.from_config({**values, "epochs": config.epochs}, config.model)
+    what = f"model {config.model}" if config.model else "the seed network"
+    try:
+        model = build_model(params, data.num_classes).eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.asarray(data.train.images[:2], dtype=np.float32)))
+    except Exception as err:
+        raise UserError(f"{what}, built with {values}, failed on a batch of inputs of shape "
+                        f"{tuple(np.shape(data.train.images[:2]))}: {type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:300]}") from None
+    expected = (2, data.num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{what}: its output for 2 inputs has shape {found}, but must be logits of shape "
+                        f"{expected} ({data.num_classes} classes in {data.name})")
+    return {"model": config.model or "seed", "parameters": sum(p.numel() for p in model.parameters()),
+            "input_shape": list(np.shape(data.train.images)[1:]), "output_shape": list(out.shape),
+            "num_classes": data.num_classes, "built_with": values}
+
+
+def model_check_text(check: dict[str, Any]) -> str:
+    return (f"model {check['model']}: {check['parameters']:,} parameters; inputs "
+            f"{tuple(check['input_shape'])} -> logits {tuple(check['output_shape'])} "
+            f"({check['num_classes']} classes)")
+
+
+def code_runtime_env(config: SweepConfig, experiment: ExperimentDir) -> dict[str, Any] | None:
+    """Ray's runtime environment that carries the sweep's own modules to every trial on every node:
+    their folder as the job's working directory (without the run's storage, git or virtualenvs)."""
+    folders = config.code_folders()
+    if not folders:
+        return None
+    excludes = [".git", "__pycache__", ".venv", "venv", "runs", "mlruns", "*.pt"]
+    if not experiment.is_remote:
+        storage = Path(experiment.storage)
+        if storage.is_relative_to(folders[0]):
+            excludes.append(f"/{storage.relative_to(folders[0]).as_posix()}")
+    return {"working_dir": str(folders[0]), "excludes": excludes}
 
 
 def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, settings: RunSettings,
@@ -299,7 +367,7 @@ def evaluate_chosen(trials: list[TrialSummary], config: SweepConfig, data: Data)
     models = {}
     for trial in chosen_trials(trials):
         with _checkpoint_dir(trial.checkpoint) as directory:
-            model = load_checkpoint_model(directory, {**trial.config, "epochs": config.epochs})
+            model = load_checkpoint_model(directory, {**trial.config, "epochs": config.epochs}, config.model)
         metrics = evaluate_on_test(model, data.test)
         trial.test_loss, trial.test_acc = metrics["test_loss"], metrics["test_acc"]
         models[trial.trial_id] = model
@@ -330,8 +398,13 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
     print(f"\n{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} "
           f"stopped early, {counts['errored']} errored", file=out)
     print(top_trials_table(trials), file=out)
-    print("\nbatch norm × skip (validation; test_acc of each group's best trial by validation):", file=out)
-    print(ablation_table(trials), file=out)
+    levels = payload.get("levels") or {}
+    if "batch_norm" in levels and "skip" in levels:
+        print("\nbatch norm × skip (validation; test_acc of each group's best trial by validation):", file=out)
+        print(ablation_table(trials), file=out)
+    for key, rows in levels.items():
+        print(f"\nby {key} ({payload['metric']}: best and mean over the trials that ran the full budget):", file=out)
+        print(format_table(rows, list(rows[0]) if rows else []), file=out)
     if best:
         print(f"\nbest trial {best['trial_id']}: {payload['metric']} {best['score']:.4f} at epoch "
               f"{best['epoch']}, test_acc {best['test_acc']:.4f}", file=out)

@@ -13,10 +13,15 @@ from trainables.train import TrainingRun, TrainParams, evaluate_on_test
 
 
 def trial_params(config: SweepConfig) -> tuple[TrainParams, list[str]]:
-    """The sweep's fixed values over the defaults, and the searched keys left at default."""
+    """The sweep's fixed values over the defaults, and the searched keys left at default (with a
+    `model:` callable, which has no defaults of ours: at their first value or low end)."""
+    from spaces import representative
+
     fixed = config.trial_config()
-    params = TrainParams.from_config(fixed)
-    return params, sorted(config.space.searched())
+    if config.model:
+        fixed.update({k: representative(v) for k, v in config.searched().items()})
+    params = TrainParams.from_config(fixed, config.model)
+    return params, sorted(config.searched())
 
 
 def format_epoch(metrics: dict[str, float], epochs: int) -> str:
@@ -38,13 +43,17 @@ def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool =
         torch.set_num_threads(threads)
     print(f"config: {params.as_dict()}", file=err)
     for key in left_at_default:
-        print(f"note: {key} is searched by {config.name}; training with {getattr(params, key)!r} "
+        print(f"note: {key} is searched by {config.name}; training with {params.as_dict().get(key)!r} "
               f"(choose with --set {key}=VALUE)", file=err)
     data = load_data(
         config.data.dataset, config.data.dir, subset=config.data.subset, split_seed=config.data.split_seed
     )
     print(f"data: {data.name} from {data.source}: {len(data.train)} train, {len(data.val)} val, "
           f"{len(data.test)} test; {torch.get_num_threads()} threads", file=err)
+    if config.model or config.data.is_custom:
+        from search.commands.run import check_model, model_check_text
+
+        print(model_check_text(check_model(config, data)), file=err)
     run = TrainingRun(params, data)
     history = []
     while not run.finished:

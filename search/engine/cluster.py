@@ -24,13 +24,14 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the launcher config `ray up`
 
 
 def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool = False,
-            auth_disabled: bool = False) -> str:
+            auth_disabled: bool = False, runtime_env: dict | None = None) -> str:
     """Start a local Ray (no `address`) or connect to `address` (the flag, else `RAY_ADDRESS`).
 
     Ray 2.60 turns token authentication on for a local cluster and, when connecting,
     uses the token in `RAY_AUTH_TOKEN` or `~/.ray/auth_token`; we leave that on and
     only warn when someone turned it off (`auth_disabled`: RAY_AUTH_MODE=disabled).
-    Returns a description of the cluster.
+    `runtime_env` is Ray's runtime environment of the job (the sweep's own code). Returns a
+    description of the cluster.
     """
     import ray
 
@@ -38,7 +39,8 @@ def connect(address: str | None, dashboard_host: str = LOCAL_HOST, quiet: bool =
         return describe_cluster(address)
     if auth_disabled:
         log.warning("warning: RAY_AUTH_MODE=disabled: anyone who can reach this cluster can run code on it")
-    kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
+    kwargs = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING,
+              "runtime_env": runtime_env}
     try:
         if address:
             check_reachable(address)

@@ -29,7 +29,7 @@ def build_param_space(config: SweepConfig) -> dict[str, Any]:
     """Tune's `param_space`: distributions for searched keys, fixed values for the rest."""
     space = {
         key: value.to_tune() if is_distribution(value) else value
-        for key, value in config.space.entries().items()
+        for key, value in config.space_entries().items()
     }
     space["epochs"] = config.epochs
     return space
@@ -53,7 +53,7 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
     memory. A space with nothing to search repeats its one configuration `num_samples` times.
     """
     search = config.search
-    if search.algorithm == "optuna" and config.space.searched():
+    if search.algorithm == "optuna" and config.searched():
         import optuna
 
         sampler = optuna.samplers.TPESampler(
@@ -92,7 +92,7 @@ def build_scheduler(config: SweepConfig) -> TrialScheduler:
 def build_trainable(config: SweepConfig, data: Data, experiment_uri: str) -> Any:
     """The function trainable with the data in the object store and the trial's resources."""
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri)
+    trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri, model=config.model)
     return tune.with_resources(trainable, resources)
 
 

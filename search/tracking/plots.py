@@ -27,7 +27,7 @@ def study_from_trials(trials: Sequence[TrialSummary], config: SweepConfig) -> An
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {k: d.to_optuna() for k, d in config.space.searched().items()}
+    distributions = {k: d.to_optuna() for k, d in config.searched().items()}
     study = optuna.create_study(direction="minimize" if config.mode == "min" else "maximize",
                                 study_name=config.name)
     for trial in trials:
@@ -55,7 +55,7 @@ def write_plots(trials: Sequence[TrialSummary], config: SweepConfig, folder: Pat
     study = study_from_trials(trials, config)
     written = []
     for name in PLOTS:
-        if name != "optimization_history" and (len(study.trials) < 2 or not config.space.searched()):
+        if name != "optimization_history" and (len(study.trials) < 2 or not config.searched()):
             continue
         try:
             with warnings.catch_warnings():

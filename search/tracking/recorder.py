@@ -332,13 +332,14 @@ def _param_text(value: Any) -> str:
 
 def sweep_params(config: SweepConfig) -> dict[str, Any]:
     """The resolved sweep as flat params: search, scheduler, space, data, resources."""
-    params: dict[str, Any] = {"metric": config.metric, "mode": config.mode, "epochs": config.epochs}
+    params: dict[str, Any] = {"metric": config.metric, "mode": config.mode, "epochs": config.epochs,
+                              "model": config.model or "seed"}
     for section in ("search", "scheduler", "resources", "data"):
         for key, value in getattr(config, section).model_dump().items():
             params[f"{section}.{key}"] = value
     if params.get("search.storage"):  # an Optuna database URL may carry a password
         params["search.storage"] = redact_uri(params["search.storage"])
-    for key, value in config.space.entries().items():
+    for key, value in config.space_entries().items():
         params[f"space.{key}"] = value.describe() if is_distribution(value) else repr(value)
     return params
 
@@ -353,7 +354,7 @@ def sweep_tags(config: SweepConfig, dataset: str, dataset_sha256: str) -> dict[s
     tags = {
         "sweep": config.name,
         "dataset": dataset,
-        "dataset_sha256": dataset_sha256,
+        **({"dataset_sha256": dataset_sha256} if dataset_sha256 else {}),
         "host": socket.gethostname(),
         "ray_version": ray.__version__,
         "torch_version": torch.__version__,

@@ -57,14 +57,17 @@ def log_and_register(
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from safetensors.torch import save_file
 
-    example = np.zeros((EXAMPLE_BATCH, 1, 28, 28), dtype=np.float32)
+    shape = tuple(getattr(model, "input_shape", (1, 28, 28)))  # set by load_checkpoint_model
+    num_classes = int(getattr(model, "num_classes", 10))
+    example = np.zeros((EXAMPLE_BATCH, *shape), dtype=np.float32)
     model = model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
     with tempfile.TemporaryDirectory() as staging:
         weights, config_file = Path(staging) / WEIGHTS_FILE, Path(staging) / CONFIG_FILE
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        config_file.write_text(json.dumps(dict(config), default=str))
+        config_file.write_text(json.dumps({**config, "num_classes": num_classes, "input_shape": list(shape)},
+                                          default=str))
         # MLflow's model logging reads the global tracking URI; it is set for this call only,
         # so it cannot leak into the next sweep of this process.
         with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
@@ -89,7 +92,9 @@ def log_and_register(
 def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Module:
     """The registered network as an `nn.Module` in eval mode, rebuilt from its safetensors weights.
 
-    `model_uri` is e.g. `models:/quick@best`; nothing pickled is read.
+    `model_uri` is e.g. `models:/quick@best`; nothing pickled is read. A network built by a sweep's
+    own `model:` callable is rebuilt by importing that callable: its module must be importable here
+    (the registered `pt2` graph, `mlflow.pytorch.load_model`, needs no code of yours).
     """
     import mlflow
     from safetensors.torch import load_file
@@ -101,6 +106,8 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Modu
                                                           tracking_uri=tracking_uri)) / "extra_files"
         config = json.loads((folder / CONFIG_FILE).read_text())
         state = load_file(str(folder / WEIGHTS_FILE))
-    model = build_model(TrainParams.from_config(config))
+    ref, num_classes = config.pop("model", None), config.pop("num_classes", 10)
+    config.pop("input_shape", None)
+    model = build_model(TrainParams.from_config(config, ref), num_classes)
     model.load_state_dict(state)
     return model.eval()

@@ -19,7 +19,7 @@ from typing import Any
 
 from search.engine.storage import RESULTS_FILE, RUN_FILE, SWEEP_FILE, ExperimentDir, RunSettings
 from search.engine.trials import TrialsSnapshot
-from search.report import CONFIG_KEYS, TrialSummary, ablation_rows
+from search.report import TrialSummary, ablation_rows, config_keys
 from search.tracking.recorder import MlflowRecorder, TrackingTarget, ensure_sqlite_store, sweep_params, sweep_tags
 from search.tracking.writer import call_with_retry
 from spaces import SweepConfig
@@ -55,14 +55,37 @@ def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
     """Tags, params and artifacts of a sweep's parent run: the resolved sweep and its file."""
     from trainables.data import DATASETS, TRAIN_FILES
 
-    spec = DATASETS[config.data.dataset]
-    parent_tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **tags}
+    if config.data.is_custom:  # a user's callable: its data is identified by its name only
+        parent_tags = {**sweep_tags(config, config.data.dataset, ""), **tags}
+    else:
+        spec = DATASETS[config.data.dataset]
+        parent_tags = {**sweep_tags(config, spec.name, spec.sha256[TRAIN_FILES[0]]), **tags}
     resolved = staging / SWEEP_FILE
     resolved.write_text(_json(config.document()))
     artifacts = [(str(resolved), "sweep")]
     if config.source and Path(config.source).is_file():
         artifacts.append((str(config.source), "sweep"))
+    artifacts += [(path, "code") for path in user_code_files(config)]
     return parent_tags, sweep_params(config), artifacts
+
+
+def user_code_files(config: SweepConfig) -> list[str]:
+    """The source files of the sweep's own callables (logged with the parent run, as provenance)."""
+    import inspect
+
+    from core.entrypoints import resolve
+
+    refs = [(config.model, "model"), (config.data.dataset if config.data.is_custom else None, "data.dataset")]
+    files = []
+    for ref, key in refs:
+        if ref:
+            try:
+                path = inspect.getsourcefile(resolve(ref, key))
+            except TypeError:
+                path = None
+            if path and Path(path).is_file() and path not in files:
+                files.append(path)
+    return files
 
 
 def _json(payload: Any) -> str:
@@ -199,12 +222,16 @@ def _log_summary_metrics(recorder: MlflowRecorder, results: dict[str, Any]) -> N
 
 def _write_summary_files(folder: Path, trials: Sequence[TrialSummary], results: dict[str, Any]) -> None:
     (folder / RESULTS_FILE).write_text(_json(results))
-    columns = ["trial_id", "status", *CONFIG_KEYS, "epochs", "best_epoch", "val_loss", "val_acc",
+    keys = config_keys(trials)
+    columns = ["trial_id", "status", *keys, "epochs", "best_epoch", "val_loss", "val_acc",
                "test_loss", "test_acc", "node_id"]
-    _write_csv(folder / "results.csv", [{c: getattr(t, c, None) if c not in CONFIG_KEYS
+    _write_csv(folder / "results.csv", [{c: getattr(t, c, None) if c not in keys
                                          else t.config.get(c) for c in columns} for t in trials], columns)
     rows = ablation_rows(trials)
     _write_csv(folder / "ablation_batch_norm_x_skip.csv", rows, list(rows[0]))
+    for key, rows in (results.get("levels") or {}).items():
+        if rows:
+            _write_csv(folder / f"levels_{key}.csv", rows, list(rows[0]))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -226,11 +253,12 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
         from trainables.trainable import load_checkpoint_model
 
         with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
-            model = load_checkpoint_model(directory, trial_config)
+            model = load_checkpoint_model(directory, trial_config, config.model)
     tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
             config.metric: best.get("score"), "val_acc": best.get("val_acc"),
             "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
-    return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, trial_config,
+    saved_config = {**trial_config, "model": config.model} if config.model else trial_config
+    return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, saved_config,
                             config.mlflow.registered_model or config.name, tags)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.names import DATASET_NAMES, METRIC_MODES, SPACE_KEYS, trial_status
+from core.names import DATASET_NAMES, LOOP_KEYS, METRIC_MODES, MODEL_SWITCHES, SPACE_KEYS, trial_status
 from spaces import SweepConfig
 from spaces._schema import Space
 from trainables.data import DATASETS
@@ -13,7 +13,8 @@ from trainables.train import TrainParams
 
 def test_space_keys_are_the_schemas_and_the_training_parameters():
     assert tuple(Space.model_fields) == SPACE_KEYS
-    assert {f.name for f in dataclasses.fields(TrainParams)} == {*SPACE_KEYS, "epochs"}
+    assert {f.name for f in dataclasses.fields(TrainParams)} == {*SPACE_KEYS, "epochs", "model", "model_args"}
+    assert {*MODEL_SWITCHES, *LOOP_KEYS} == set(SPACE_KEYS)
 
 
 def test_dataset_names_are_the_loaders():

@@ -1,0 +1,88 @@
+"""A user's own code named in a sweep file: `package.module:callable`, resolved by import.
+
+The sweep file's folder (or the `code:` folder it names) is put first on `sys.path`, in
+this process and, through Ray's runtime environment, in every trial on every node. Every
+way a reference can fail is one `UserError` naming the key, the reference and the cause.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+
+REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+REF_RULE = "package.module:callable"
+
+
+def is_ref(value: str) -> bool:
+    """Whether `value` is written as `package.module:callable` (not a built-in name)."""
+    return ":" in value
+
+
+def check_ref(value: str, key: str) -> None:
+    if not re.fullmatch(REF_PATTERN, value):
+        raise UserError(f"{key}: {value!r} is not a callable reference ({REF_RULE}, e.g. my_models.wide:build)")
+
+
+def add_to_path(folders: Iterable[str | Path]) -> None:
+    """Put these folders first on `sys.path` (once each), so the user's modules import."""
+    for folder in reversed([str(Path(f).resolve()) for f in folders]):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def resolve(ref: str, key: str) -> Callable[..., Any]:
+    """Import `module:name` and return the callable; any failure is one line naming `key` and `ref`."""
+    check_ref(ref, key)
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise UserError(f"{key}: {ref}: no module named {err.name!r} (looked in the sweep file's folder, "
+                            "its `code:` folder and the installed packages)") from None
+        raise UserError(f"{key}: {ref}: importing {module_name} failed: {_line(err)}") from None
+    except Exception as err:  # the user's module raised while it was imported
+        raise UserError(f"{key}: {ref}: importing {module_name} failed: {_line(err)}") from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"{key}: {ref}: module {module_name} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise UserError(f"{key}: {ref}: is a {type(target).__name__}, not a callable")
+    return target
+
+
+def parameters(fn: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
+    """(every keyword it accepts, those without a default, whether it takes **kwargs)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set(), set(), True  # a builtin without a signature: accept what is given
+    named, required, open_ended = set(), set(), False
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            open_ended = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            named.add(p.name)
+            if p.default is p.empty:
+                required.add(p.name)
+    return named, required, open_ended
+
+
+def call_with(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
+    """Call `fn` with the values its signature names (all of them when it takes **kwargs)."""
+    named, _, open_ended = parameters(fn)
+    return fn(**(values if open_ended else {k: v for k, v in values.items() if k in named}))
+
+
+def _line(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:300]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,44 @@
+"""A sweep's own code (`model:`, `data.dataset:`), resolved and checked when the file is loaded."""
+
+from __future__ import annotations
+
+from core.entrypoints import add_to_path, parameters, resolve
+from core.errors import UserError
+from core.names import MODEL_SWITCHES
+from spaces._schema import SweepConfig
+
+MODEL_EXTRAS = ("num_classes",)  # what the tool passes to a model callable besides the space
+DATA_ARGS = ("dir", "subset", "split_seed")  # what a data callable may take from the sweep's `data:`
+
+
+def check_entry_points(config: SweepConfig) -> None:
+    """Import the sweep's callables and check the model's signature against the space; each
+    problem is one `UserError` naming the key. Their folder goes first on `sys.path`."""
+    folders = config.code_folders()
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"code: {folder}: no such folder (it holds the modules that `model:` or "
+                            "`data.dataset:` name; relative to the sweep file)")
+    add_to_path(folders)
+    if config.model:
+        _check_model_signature(config)
+    if config.data.is_custom:
+        _, required, _ = parameters(resolve(config.data.dataset, "data.dataset"))
+        if missing := sorted(required - set(DATA_ARGS)):
+            raise UserError(f"data.dataset: {config.data.dataset} needs argument {missing[0]!r}, but a data "
+                            f"callable gets only {', '.join(DATA_ARGS)} (from the sweep's `data:` section)")
+
+
+def _check_model_signature(config: SweepConfig) -> None:
+    ref = config.model
+    named, required, open_ended = parameters(resolve(ref, "model"))
+    entries = config.space_entries()
+    own = [*config.space.extra_keys(), *(k for k in MODEL_SWITCHES if k in config.space.model_fields_set)]
+    for key in own:
+        if key not in named and not open_ended:
+            takes = ", ".join(sorted(named)) or "no arguments"
+            raise UserError(f"space.{key}: model {ref} takes no argument {key!r} (it takes: {takes})")
+    available = {*entries, *MODEL_EXTRAS, "epochs"}
+    if missing := sorted(required - available):
+        raise UserError(f"model: {ref} needs argument {missing[0]!r}, which the sweep's space does not set "
+                        f"(add space.{missing[0]})")
