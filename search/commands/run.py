@@ -141,10 +141,11 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
     `optuna_class` replaces the PRUNED-aware Optuna searcher (benchmarks compare Ray's stock one).
     """
     if options.dry_run:
-        print(plan_text(config))
         payload = plan_payload(config)
-        if config.model or config.data.is_custom:
+        if config.model or config.data.is_custom:  # tried before anything is printed
             payload["model_check"] = check_model(config, _load_data(config))
+        print(plan_text(config))
+        if "model_check" in payload:
             print(model_check_text(payload["model_check"]))
         return SweepOutcome(EXIT_OK, payload)
     config, experiment, settings = prepare_run(config, options)

@@ -96,14 +96,19 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Modu
     own `model:` callable is rebuilt by importing that callable: its module must be importable here
     (the registered `pt2` graph, `mlflow.pytorch.load_model`, needs no code of yours).
     """
+    import contextlib
+
     import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from safetensors.torch import load_file
 
     from trainables.train import TrainParams, build_model
 
     with tempfile.TemporaryDirectory() as staging:
-        folder = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=staging,
-                                                          tracking_uri=tracking_uri)) / "extra_files"
+        # MLflow resolves a models:/ URI with the process-wide registry (it ignores the URIs passed to
+        # download_artifacts), which follows the tracking URI: set it for this call only.
+        with _use_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
+            folder = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=staging)) / "extra_files"
         config = json.loads((folder / CONFIG_FILE).read_text())
         state = load_file(str(folder / WEIGHTS_FILE))
     ref, num_classes = config.pop("model", None), config.pop("num_classes", 10)
