@@ -101,3 +101,36 @@ def test_trials_use_both_workers_and_a_killed_worker_costs_at_most_one_epoch(clu
     assert results["counts"] == {"completed": TRIALS, "early_stopped": 0, "errored": 0, "unfinished": 0}
     for trial in results["trials"]:  # every epoch on record, once
         assert [h["epoch"] for h in trial["history"]] == list(range(1, EPOCHS + 1)), trial["trial_id"]
+
+
+OWN_MODEL = """
+from torch import nn
+
+def build(width, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, width), nn.ReLU(), nn.Linear(width, num_classes))
+"""
+
+
+def test_a_users_own_module_reaches_the_trials_on_the_worker_nodes(cluster, base_env, tmp_path):
+    """The model's module exists only on the driver's machine, in a `code:` folder beside the sweep:
+    Ray's runtime environment carries it to the workers (the head runs no trials)."""
+    address, workers = cluster
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "tiny_net_on_workers.py").write_text(OWN_MODEL)
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "own.yaml").write_text(
+        "name: own\nmodel: tiny_net_on_workers:build\ncode: ../code\nepochs: 2\n"
+        "space:\n  width: {choice: [8, 16]}\nsearch: {num_samples: 4}\nscheduler: {type: fifo}\n"
+        "data: {subset: 600}\n")
+    storage = tmp_path / "shared"
+    sweep = start_cli(["run", str(tmp_path / "sweeps" / "own.yaml"), "--address", address, "--name", "own",
+                       "--storage", str(storage)], base_env, tmp_path / "own.log", cwd=tmp_path)
+    try:
+        returncode = sweep.wait(timeout=400)
+    finally:
+        stop_process(sweep)
+    assert returncode == 0, (tmp_path / "own.log").read_text()[-3000:]
+    results = json.loads((storage / "own" / "results.json").read_text())
+    assert results["counts"]["completed"] == 4
+    nodes = {trial["node_id"] for trial in results["trials"]}
+    assert nodes and nodes <= set(workers), nodes
