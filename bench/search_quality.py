@@ -28,7 +28,7 @@ ARMS = {
 class StockOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch as shipped (an ASHA-stopped trial is COMPLETE), with our constructor."""
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, step_key: str = "epoch", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
 
 

@@ -16,6 +16,15 @@ TEST_METRICS = ("test_loss", "test_acc")
 # The metrics a sweep may optimise, with the direction each must go.
 METRIC_MODES = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
 DATASET_NAMES = ("mnist", "fashion-mnist")
+# What Tune adds to every report (ray.tune.result.AUTO_RESULT_KEYS and its bookkeeping): never a
+# trainable's own metric. A unit test keeps it in step with Ray's.
+TUNE_RESULT_KEYS = frozenset({
+    "training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip", "hostname", "pid",
+    "time_this_iter_s", "timestamp", "date", "time_since_restore", "timesteps_since_restore",
+    "iterations_since_restore", "config", "checkpoint_dir_name", "done", "trial_id", "experiment_tag",
+    "should_checkpoint", "experiment_id",
+})
+REPORTED_EPOCH = "reported_epoch"  # a user trainable's own `epoch` metric, kept beside the tool's step
 
 # How a trial ended (the `status` tag of its MLflow run, results.json, reports).
 COMPLETED, EARLY_STOPPED, ERRORED, UNFINISHED = "completed", "early_stopped", "errored", "unfinished"

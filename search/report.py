@@ -7,7 +7,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.names import EPOCH_METRICS, EPOCHS, ERRORED, SPACE_KEYS, STATUSES, trial_status
+from core.names import (
+    EPOCH_METRICS,
+    EPOCHS,
+    ERRORED,
+    REPORTED_EPOCH,
+    SPACE_KEYS,
+    STATUSES,
+    TUNE_RESULT_KEYS,
+    trial_status,
+)
 from spaces import Choice, Grid, SweepConfig
 
 CONFIG_KEYS = SPACE_KEYS  # the seed's; a `model:` callable's own keys follow them (config_keys)
@@ -34,16 +43,39 @@ class TrialSummary:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
-def history_from_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per-epoch metrics, one row per epoch; a re-run epoch (after a restore) keeps its last report."""
+def history_from_rows(rows: Iterable[dict[str, Any]], step_key: str = EPOCHS) -> list[dict[str, float]]:
+    """Per-epoch metrics, one row per epoch; a re-run epoch (after a restore) keeps its last report.
+
+    The seed's trainable reports `epoch` and its known metrics; a trainable of the user's is
+    counted by `step_key` (Tune's `training_iteration`) and keeps every numeric metric it reports.
+    """
     by_epoch: dict[int, dict[str, float]] = {}
     for row in rows:
+        row = epoch_row(row, step_key)
         epoch = row.get("epoch")
         if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)):
             continue
-        by_epoch[int(epoch)] = {k: float(row[k]) for k in HISTORY_KEYS
+        keys = HISTORY_KEYS if step_key == EPOCHS else [k for k in row if is_metric(k, row[k]) or k == "timestamp"]
+        by_epoch[int(epoch)] = {k: float(row[k]) for k in keys
                                 if k in row and row[k] is not None and not _is_nan(row[k])}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def epoch_row(row: dict[str, Any], step_key: str = EPOCHS) -> dict[str, Any]:
+    """A report with the tool's step as `epoch` (a user trainable's own `epoch` kept as `reported_epoch`)."""
+    if step_key == EPOCHS:
+        return row
+    out = {k: v for k, v in row.items() if k != EPOCHS}
+    if EPOCHS in row:
+        out[REPORTED_EPOCH] = row[EPOCHS]
+    out[EPOCHS] = row.get(step_key)
+    return out
+
+
+def is_metric(key: str, value: Any) -> bool:
+    """A number a trainable reported (not one of Tune's own keys): logged to MLflow per step."""
+    return (key not in TUNE_RESULT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and not _is_nan(value))
 
 
 def _is_nan(value: Any) -> bool:
@@ -134,10 +166,14 @@ def config_keys(trials: Sequence[TrialSummary]) -> list[str]:
     return [k for k in CONFIG_KEYS if k in seen] + sorted(k for k in seen if k not in CONFIG_KEYS)
 
 
-def top_trials_table(trials: Sequence[TrialSummary], limit: int = 10) -> str:
-    rows = [{"trial": t.trial_id, **t.config, "val_loss": t.val_loss, "val_acc": t.val_acc,
-             "epochs": t.epochs, "status": t.status} for t in trials[:limit]]
-    return format_table(rows, ["trial", *config_keys(trials), "val_loss", "val_acc", "epochs", "status"])
+def top_trials_table(trials: Sequence[TrialSummary], metric: str = "val_loss", limit: int = 10) -> str:
+    """The best trials: config, validation loss and accuracy at the best epoch (and the sweep's metric
+    when it is another one), epochs run, status."""
+    scores = [] if metric in ("val_loss", "val_acc") else [metric]
+    rows = [{"trial": t.trial_id, **t.config, **dict.fromkeys(scores, t.score), "val_loss": t.val_loss,
+             "val_acc": t.val_acc, "epochs": t.epochs, "status": t.status} for t in trials[:limit]]
+    columns = ["trial", *config_keys(trials), *scores, "val_loss", "val_acc", "epochs", "status"]
+    return format_table(rows, [c for c in columns if any(r.get(c) is not None for r in rows) or c == "trial"])
 
 
 def level_keys(config: SweepConfig) -> list[str]:

@@ -1,4 +1,4 @@
-"""A sweep's own code (`model:`, `data.dataset:`), resolved and checked when the file is loaded."""
+"""A sweep's own code (`model:`, `data.dataset:`, `trainable:`), resolved and checked when the file is loaded."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def check_entry_points(config: SweepConfig) -> None:
             raise UserError(f"code: {folder}: no such folder (it holds the modules that `model:` or "
                             "`data.dataset:` name; relative to the sweep file)")
     add_to_path(folders)
+    if config.trainable:
+        _check_trainable(config.trainable)
     if config.model:
         _check_model_signature(config)
     if config.data.is_custom:
@@ -27,6 +29,23 @@ def check_entry_points(config: SweepConfig) -> None:
         if missing := sorted(required - set(DATA_ARGS)):
             raise UserError(f"data.dataset: {config.data.dataset} needs argument {missing[0]!r}, but a data "
                             f"callable gets only {', '.join(DATA_ARGS)} (from the sweep's `data:` section)")
+
+
+def _check_trainable(ref: str) -> None:
+    """A Ray Tune function trainable takes the trial's config as its one argument."""
+    import inspect
+
+    fn = resolve(ref, "trainable")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    required = [p for p in positional if p.default is p.empty]
+    if not (positional or takes_varargs) or len(required) > 1:
+        raise UserError(f"trainable: {ref} takes ({', '.join(signature.parameters)}), but a Ray Tune function "
+                        "trainable takes one argument, the trial's config dict")
 
 
 def _check_model_signature(config: SweepConfig) -> None:

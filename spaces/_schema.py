@@ -146,8 +146,9 @@ class SweepConfig(_Section):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     model: str | None = None  # `package.module:callable` building the network; None: the seed network
+    trainable: str | None = None  # `package.module:callable`: a Ray Tune function trainable, run as it is
     code: str | None = None  # folder of the user's modules, relative to the sweep file (default: its folder)
-    metric: Literal[tuple(METRIC_MODES)] = "val_loss"  # type: ignore[valid-type]
+    metric: str = Field("val_loss", pattern=r"^[A-Za-z0-9_./-]{1,250}$")  # a `trainable:` may report any
     mode: Literal["min", "max"] | None = None
     epochs: int = Field(10, ge=1, le=10_000)
     space: Space = Space()
@@ -159,7 +160,7 @@ class SweepConfig(_Section):
     mlflow: Mlflow = Mlflow()
     source: Path | None = Field(None, exclude=True)
 
-    @field_validator("model")
+    @field_validator("model", "trainable")
     @classmethod
     def _check_model(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(REF_PATTERN, value):
@@ -168,8 +169,15 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> SweepConfig:
-        _check_space_keys(self.space, self.model)
-        expected = METRIC_MODES[self.metric]
+        _check_own_code(self)
+        _check_space_keys(self.space, self.model or self.trainable)
+        expected = METRIC_MODES.get(self.metric) if self.trainable is None or self.mode is None else self.mode
+        if expected is None and self.trainable is None:
+            raise ValueError(f"metric: {self.metric!r} is not one of {', '.join(METRIC_MODES)} (a sweep with "
+                             "its own `trainable:` may optimise any metric it reports)")
+        if expected is None:
+            raise ValueError(f"mode: required for metric {self.metric!r}, which your trainable reports: "
+                             "min or max")
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode is {self.mode}, but {self.metric} must be {expected}imised")
         object.__setattr__(self, "mode", expected)
@@ -194,10 +202,20 @@ class SweepConfig(_Section):
         """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from."""
         return {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
 
+    @property
+    def step_key(self) -> str:
+        """The report key that counts a trial's progress (ASHA's time, MLflow's step): `epoch`, or
+        Tune's report counter for a trainable of the user's (whose own `epoch`, if any, may start at
+        0 or count something else)."""
+        return "training_iteration" if self.trainable else "epoch"
+
     def space_entries(self) -> dict[str, Any]:
         """The space as trials get it. With a `model:` callable the seed's model switches
         (batch_norm, skip, dropout) are included only where the sweep file sets them."""
         entries = self.space.entries()
+        if self.trainable is not None:  # its config holds exactly what the file sets
+            chosen = {*self.space.model_fields_set, *self.space.extra_keys()}
+            return {k: v for k, v in entries.items() if k in chosen}
         if self.model is None:
             return entries
         unset = set(MODEL_SWITCHES) - self.space.model_fields_set
@@ -215,10 +233,20 @@ class SweepConfig(_Section):
     def code_folders(self) -> list[Path]:
         """Where the user's modules are: the `code:` folder (relative to the sweep file), else the
         sweep file's own folder; none for a sweep that names no callable."""
-        if self.model is None and not self.data.is_custom:
+        if self.model is None and self.trainable is None and not self.data.is_custom:
             return []
         base = self.source.resolve().parent if self.source else Path.cwd()
         return [(base / self.code).resolve() if self.code else base]
+
+
+def _check_own_code(config: SweepConfig) -> None:
+    if config.trainable is None:
+        return
+    if config.model is not None:
+        raise ValueError("model and trainable exclude each other: a trainable builds its own model")
+    if config.data.model_fields_set:
+        raise ValueError(f"data.{sorted(config.data.model_fields_set)[0]}: a sweep with its own `trainable:` "
+                         "loads its own data; remove the data section")
 
 
 def _check_space_keys(space: Space, model: str | None) -> None:
@@ -227,8 +255,8 @@ def _check_space_keys(space: Space, model: str | None) -> None:
             known = ", ".join(type(space).model_fields)
             raise ValueError(f"space.{key}: unknown key; expected one of: {known} (any other key is an "
                              "argument of your own network: name its builder with `model: package.module:callable`)")
-        if not key.isidentifier():
-            raise ValueError(f"space.{key}: not a valid argument name for model {model}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", key):
+            raise ValueError(f"space.{key}: not a valid key (letters, digits and _, not starting with a digit)")
 
 
 def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:

@@ -149,7 +149,7 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
             print(model_check_text(payload["model_check"]))
         return SweepOutcome(EXIT_OK, payload)
     config, experiment, settings = prepare_run(config, options)
-    data = _load_data(config)
+    data = None if config.trainable else _load_data(config)  # a trainable of the user's loads its own
     if config.model or config.data.is_custom:
         print(model_check_text(check_model(config, data)), file=sys.stderr)
     if not experiment.is_remote:
@@ -226,14 +226,15 @@ def code_runtime_env(config: SweepConfig, experiment: ExperimentDir) -> dict[str
     return {"working_dir": str(folders[0]), "excludes": excludes}
 
 
-def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, settings: RunSettings,
+def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data | None, settings: RunSettings,
                     options: RunOptions, optuna_class: type | None) -> SweepOutcome:
     from search.engine.trials import load_trials
 
     target = target_for(config, experiment.run_name, settings.tracking_uri, local_root(experiment))
     ensure_sqlite_store(target.tracking_uri)
     started = time.time()
-    tuner, callback = _tuner_for(config, experiment, data.without_test(), target, settings, options, optuna_class)
+    trial_data = data.without_test() if data is not None else None
+    tuner, callback = _tuner_for(config, experiment, trial_data, target, settings, options, optuna_class)
     fit_started = time.time()
     grid = tuner.fit()
     fit_seconds = time.time() - fit_started
@@ -241,7 +242,7 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, 
     snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
                                                             time.time() - started)
-    models = {} if interrupted else evaluate_chosen(snapshot.trials, config, data)
+    models = {} if interrupted or data is None else evaluate_chosen(snapshot.trials, config, data)
     best = None if interrupted else best_record(snapshot.trials)
     extra = {"fit_started_at": fit_started, "fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
              "settings": settings.as_json(),
@@ -267,7 +268,7 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data, 
     return SweepOutcome(EXIT_OK, payload)
 
 
-def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data, target: TrackingTarget,
+def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data | None, target: TrackingTarget,
                settings: RunSettings, options: RunOptions, optuna_class: type | None) -> tuple[Any, Any]:
     """The restored Tuner of a resumed run, or a new one with its MLflow callback (None when restored:
     Tune brings the callback back with its state). Trials get the data without its test split."""
@@ -332,7 +333,8 @@ def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: T
 
     staging = Path(tempfile.mkdtemp(prefix="sweep-parent-"))
     parent_tags, params, artifacts = parent_setup(config, tags, staging)
-    return MlflowCallback(target, experiment, config.scheduler.max_t, parent_tags, params, artifacts)
+    return MlflowCallback(target, experiment, config.scheduler.max_t, parent_tags, params, artifacts,
+                          step_key=config.step_key)
 
 
 def _sync_mlflow(config: SweepConfig, experiment: ExperimentDir, target: TrackingTarget, snapshot: Any,
@@ -398,7 +400,7 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
     counts = payload["counts"]
     print(f"\n{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} "
           f"stopped early, {counts['errored']} errored", file=out)
-    print(top_trials_table(trials), file=out)
+    print(top_trials_table(trials, payload["metric"]), file=out)
     levels = payload.get("levels") or {}
     if "batch_norm" in levels and "skip" in levels:
         print("\nbatch norm × skip (validation; test_acc of each group's best trial by validation):", file=out)
@@ -407,8 +409,9 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
         print(f"\nby {key} ({payload['metric']}: best and mean over the trials that ran the full budget):", file=out)
         print(format_table(rows, list(rows[0]) if rows else []), file=out)
     if best:
+        test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
         print(f"\nbest trial {best['trial_id']}: {payload['metric']} {best['score']:.4f} at epoch "
-              f"{best['epoch']}, test_acc {best['test_acc']:.4f}", file=out)
+              f"{best['epoch']}{test}", file=out)
     print(f"results: {experiment.uri}/{RESULTS_FILE}", file=out)
     mlflow = payload["mlflow"]
     print(f"mlflow: {mlflow['tracking_uri']} (experiment {mlflow['experiment']})", file=out)

@@ -48,9 +48,11 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
 class BudgetAwareOptunaSearch(OptunaSearch):
     """`OptunaSearch` that reports trials stopped before `max_t` as PRUNED."""
 
-    def __init__(self, *args: Any, max_t: int, journal_copy: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, journal_copy: str | None = None, step_key: str = "epoch",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        self._step_key = step_key  # the result key that counts epochs (a user's trainable: reports)
         self._best_values: dict[str, float] = {}  # saved with the searcher's state, so a resume keeps it
         self._journal_copy = journal_copy
 
@@ -79,7 +81,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             return  # Optuna cannot rank a NaN; the trial will be told FAIL at the end
         # Report per epoch (Tune's report counter restarts when a trial resumes from a
         # checkpoint Tune did not know about).
-        step = result.get("epoch", result.get(TRAINING_ITERATION))
+        step = result.get(self._step_key, result.get(TRAINING_ITERATION))
         with warnings.catch_warnings():
             # An epoch reported twice (a trial restored from a checkpoint re-runs nothing it
             # reported, but its last epoch may reach us twice): Optuna keeps the first and warns.
@@ -98,7 +100,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         finite = value is not None and math.isfinite(value)
         if finite and not error:
             self.on_trial_result(trial_id, result)  # the epoch at which the trial stopped
-        epochs = result.get("epoch", result.get(TRAINING_ITERATION, 0))
+        epochs = result.get(self._step_key, result.get(TRAINING_ITERATION, 0))
         reached_max_t = trial_status(False, epochs, self._max_t) == COMPLETED
         if error or not finite:
             state, value = TrialState.FAIL, None

@@ -49,7 +49,7 @@ def load_trials(experiment_uri: str, config: SweepConfig, analysis: Any = None) 
         summaries.append(summarize_trial(
             trial_id=trial.trial_id,
             config=dict(trial.config),
-            history=history_from_rows(rows),
+            history=history_from_rows(rows, config.step_key),
             errored=errored,
             unfinished=trial.status not in (Trial.TERMINATED, Trial.ERROR),
             max_t=config.scheduler.max_t,
@@ -103,7 +103,7 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
         summaries.append(summarize_trial(
             trial_id=trial_id,
             config=dict(trial_config),
-            history=history_from_rows(rows),
+            history=history_from_rows(rows, config.step_key),
             errored=errored,
             unfinished=not errored and state.get("status") != "TERMINATED",
             max_t=config.scheduler.max_t,

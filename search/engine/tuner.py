@@ -46,8 +46,8 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
     `optuna_class` is the Tune searcher that wraps the study (default: the PRUNED-aware bridge;
-    benchmarks compare Ray's stock `OptunaSearch`); it takes `max_t` besides OptunaSearch's
-    arguments. The study lives in `search.storage` when the sweep names one, else in
+    benchmarks compare Ray's stock `OptunaSearch`); it takes `max_t` and `step_key` besides
+    OptunaSearch's arguments. The study lives in `search.storage` when the sweep names one, else in
     `default_storage` (a journal file beside the Tune experiment, or its local working copy for
     a run on cloud storage: `upload_journal` then has every Tune snapshot upload it), else in
     memory. A space with nothing to search repeats its one configuration `num_samples` times.
@@ -69,6 +69,7 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
             storage=open_storage(search.storage or default_storage),
             study_name=search.study_name or config.name,
             max_t=config.scheduler.max_t,
+            step_key=config.step_key,
             **({"journal_copy": default_storage} if upload_journal and not search.storage else {}),
         )
     return BasicVariantGenerator(random_state=search.seed)
@@ -80,19 +81,25 @@ def build_scheduler(config: SweepConfig) -> TrialScheduler:
     if scheduler.type == "fifo":
         return FIFOScheduler()
     # ASHA counts epochs, not Tune's report counter: a trial restored from a checkpoint Tune
-    # did not know about reports its true epoch.
+    # did not know about reports its true epoch. A trainable of the user's counts reports.
     return ASHAScheduler(
-        time_attr="epoch",
+        time_attr=config.step_key,
         max_t=scheduler.max_t,
         grace_period=scheduler.grace_period,
         reduction_factor=scheduler.reduction_factor,
     )
 
 
-def build_trainable(config: SweepConfig, data: Data, experiment_uri: str) -> Any:
-    """The function trainable with the data in the object store and the trial's resources."""
+def build_trainable(config: SweepConfig, data: Data | None, experiment_uri: str) -> Any:
+    """The function trainable with the data in the object store and the trial's resources; a
+    trainable of the user's gets no data (it loads its own)."""
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri, model=config.model)
+    if config.trainable:
+        from trainables.user import run_user_trainable
+
+        trainable = tune.with_parameters(run_user_trainable, ref=config.trainable, metric=config.metric)
+    else:
+        trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri, model=config.model)
     return tune.with_resources(trainable, resources)
 
 
@@ -127,7 +134,7 @@ class DiskSpaceGuard(tune.Callback):
 
 def build_tuner(
     config: SweepConfig,
-    data: Data,
+    data: Data | None,
     searcher: Searcher | SearchAlgorithm,
     *,
     storage: str,
@@ -166,7 +173,7 @@ def build_tuner(
     )
 
 
-def restore_tuner(config: SweepConfig, data: Data, experiment_uri: str) -> tune.Tuner:
+def restore_tuner(config: SweepConfig, data: Data | None, experiment_uri: str) -> tune.Tuner:
     """The Tuner of an interrupted sweep: unfinished and errored trials continue from checkpoints."""
     return tune.Tuner.restore(
         experiment_uri,

@@ -12,7 +12,8 @@ from ray import tune
 
 from core.names import trial_status
 from search.engine.storage import ExperimentDir
-from search.tracking.recorder import TRACKED_METRICS, MlflowRecorder, TrackingTarget, now_ms
+from search.report import epoch_row, is_metric
+from search.tracking.recorder import MlflowRecorder, TrackingTarget, now_ms
 from search.tracking.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ class MlflowCallback(tune.Callback):
 
     def __init__(self, target: TrackingTarget, experiment_dir: ExperimentDir, max_t: int,
                  parent_tags: Mapping[str, str], parent_params: Mapping[str, Any],
-                 parent_artifacts: Iterable[tuple[str, str]] = ()) -> None:
+                 parent_artifacts: Iterable[tuple[str, str]] = (), step_key: str = "epoch") -> None:
         self.target = target
+        self.step_key = step_key  # what counts epochs: `epoch`, or a user trainable's reports
         self.experiment_dir = experiment_dir
         self.max_t = max_t
         self.parent_tags = dict(parent_tags)
@@ -68,15 +70,17 @@ class MlflowCallback(tune.Callback):
         self._submit(f"open the run of trial {trial.trial_id}", self._recorder.ensure_child, trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" not in result:
+        step_key = getattr(self, "step_key", "epoch")  # a callback pickled by an older version has none
+        if step_key not in result:
             return
-        row = {k: result[k] for k in (*TRACKED_METRICS, "timestamp") if k in result}
+        result = epoch_row(result, step_key)
+        row = {k: v for k, v in result.items() if is_metric(k, v) or k == "timestamp"}
         tags = {key: str(result[key]) for key in ("node_id", "device") if result.get(key)}
         self._submit(f"log epoch {result['epoch']} of trial {trial.trial_id}",
                      self._recorder.log_epochs, trial.trial_id, [row], tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = (trial.last_result or {}).get("epoch", 0)
+        epochs = (trial.last_result or {}).get(getattr(self, "step_key", "epoch"), 0)
         status = trial_status(False, epochs, self.max_t)
         self._submit(f"close the run of trial {trial.trial_id}", self._recorder.finish_child,
                      trial.trial_id, status, None, now_ms())

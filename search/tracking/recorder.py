@@ -10,7 +10,6 @@ under its parent, and epochs already logged are skipped, so `--resume` and
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shlex
 import socket
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.names import EPOCH_METRICS, EPOCHS, TEST_METRICS
 from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
+from search.report import is_metric
 from spaces import SweepConfig, is_distribution
 
 log = logging.getLogger(__name__)
 
-TRACKED_METRICS = (EPOCHS, *EPOCH_METRICS, *TEST_METRICS)
 SWEEP_RUN_TAG = "sweep_run"
 ROLE_TAG = "role"
 TRIAL_ID_TAG = "trial_id"
@@ -276,16 +274,16 @@ class MlflowRecorder:
 
     def log_epochs(self, trial_id: str, rows: Iterable[Mapping[str, Any]],
                    tags: Mapping[str, str] | None = None) -> int:
-        """Log the named metrics of epochs not logged yet (step = epoch); returns how many epochs."""
+        """Log every metric of the epochs not logged yet (step = epoch); returns how many epochs."""
         from mlflow.entities import Metric, RunTag
 
         run_id = self.children.get(trial_id) or self.ensure_child(trial_id)
         self._load_last_epoch(trial_id)
         fresh = [r for r in rows if int(r["epoch"]) > self._last_epoch[trial_id]]
         metrics = [
-            Metric(key, float(row[key]), int(float(row.get("timestamp") or 0) * 1000), int(row["epoch"]))
-            for row in fresh for key in TRACKED_METRICS
-            if row.get(key) is not None and not _is_missing(row[key])
+            Metric(key, float(value), int(float(row.get("timestamp") or 0) * 1000), int(row["epoch"]))
+            for row in fresh for key, value in row.items()
+            if key != "timestamp" and is_metric(key, value)
         ]
         run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if fresh:
@@ -317,10 +315,6 @@ class MlflowRecorder:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _is_missing(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def _param_text(value: Any) -> str:

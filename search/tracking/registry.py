@@ -89,6 +89,34 @@ def log_and_register(
     return RegisteredModel(registered_name, version, f"models:/{registered_name}@{alias}")
 
 
+SAVED_MODEL_DIR = "mlflow_model"  # in a user trainable's checkpoint: a model saved with mlflow.<flavor>.save_model
+
+
+def register_saved_model(tracking_uri: str, run_id: str, checkpoint_uri: str, registered_name: str,
+                         tags: Mapping[str, Any], alias: str = BEST_ALIAS) -> RegisteredModel | None:
+    """Register the MLflow model a user trainable saved in its checkpoint (`mlflow_model/`, written
+    with any flavor's `save_model`): logged as the run's `model` artifacts, then a new version with
+    `alias`. None when the checkpoint holds none (the run keeps the checkpoint's location)."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from ray import tune
+
+    with tune.Checkpoint(checkpoint_uri).as_directory() as directory:
+        saved = Path(directory) / SAVED_MODEL_DIR
+        if not (saved / "MLmodel").is_file():
+            log.info("the best checkpoint %s holds no %s/MLmodel: nothing to register", checkpoint_uri,
+                     SAVED_MODEL_DIR)
+            return None
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        client.log_artifacts(run_id, str(saved), MODEL_NAME)
+    with _use_tracking_uri(tracking_uri):
+        version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", registered_name).version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, str(value))
+    client.set_registered_model_alias(registered_name, alias, version)
+    return RegisteredModel(registered_name, version, f"models:/{registered_name}@{alias}")
+
+
 def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Module:
     """The registered network as an `nn.Module` in eval mode, rebuilt from its safetensors weights.
 

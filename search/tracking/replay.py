@@ -70,21 +70,22 @@ def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
 
 
 def user_code_files(config: SweepConfig) -> list[str]:
-    """The source files of the sweep's own callables (logged with the parent run, as provenance)."""
+    """The source files of the sweep's own callables, logged with the parent run as provenance.
+    Only modules this process imported already count (`tune run` imports them when it loads the
+    sweep file): `tune sync-mlflow` imports no code that a run folder names."""
     import inspect
+    import sys
 
-    from core.entrypoints import resolve
-
-    refs = [(config.model, "model"), (config.data.dataset if config.data.is_custom else None, "data.dataset")]
+    refs = [config.model, config.trainable, config.data.dataset if config.data.is_custom else None]
     files = []
-    for ref, key in refs:
-        if ref:
-            try:
-                path = inspect.getsourcefile(resolve(ref, key))
-            except TypeError:
-                path = None
-            if path and Path(path).is_file() and path not in files:
-                files.append(path)
+    for ref in filter(None, refs):
+        module = sys.modules.get(ref.partition(":")[0])
+        try:
+            path = inspect.getsourcefile(module) if module is not None else None
+        except TypeError:
+            path = None
+        if path and Path(path).is_file() and path not in files:
+            files.append(path)
     return files
 
 
@@ -176,8 +177,12 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
             client.log_artifacts(parent, str(plots), "plots")
     version = existing.get(VERSION_TAG)
     model_name = config.mlflow.registered_model or config.name
+    if best and best.get("checkpoint"):
+        client.set_tag(parent, "best_checkpoint", best["checkpoint"])
     if best and best.get("checkpoint") and version is None:
-        version = _register_best(recorder, config, best, end.best_model).version
+        registered = _register_best(recorder, config, best, end.best_model)
+        version = registered.version if registered else None
+    if version is not None:
         client.set_tag(parent, "registered_model", model_name)
         client.set_tag(parent, VERSION_TAG, version)
     if version is not None and tags.get("schedule"):
@@ -243,8 +248,21 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any],
                    model: Any = None):  # type: ignore[no-untyped-def]
-    """Register the best trial's model: the one in memory, else the one in its checkpoint."""
-    from search.tracking.registry import log_and_register
+    """Register the best trial's model: the one in memory, else the one in its checkpoint. A trainable
+    of the user's is registered when its checkpoint holds an MLflow model (`mlflow_model/`); else None."""
+    from search.tracking.registry import log_and_register, register_saved_model
+
+    tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
+            config.metric: best.get("score"), "val_acc": best.get("val_acc"),
+            "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
+    if config.model and model is None:
+        log.warning("not registering the best model: rebuilding a `model:` network means importing the code "
+                    "its run folder names, which tune sync-mlflow never does (tune run registers it at its end)")
+        return None
+    if config.trainable:
+        return register_saved_model(recorder.target.tracking_uri, recorder.parent_id, best["checkpoint"],
+                                    config.mlflow.registered_model or config.name,
+                                    {k: v for k, v in tags.items() if v is not None})
 
     trial_config = {**best["config"], "epochs": config.epochs}
     if model is None:
@@ -254,9 +272,6 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
 
         with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
             model = load_checkpoint_model(directory, trial_config, config.model)
-    tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
-            config.metric: best.get("score"), "val_acc": best.get("val_acc"),
-            "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
     saved_config = {**trial_config, "model": config.model} if config.model else trial_config
     return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, saved_config,
                             config.mlflow.registered_model or config.name, tags)

@@ -87,7 +87,7 @@ def test_int_range_includes_both_ends_and_accepts_randint(tmp_path):
     ("search: {num_samples: -3}", "search.num_samples: Input should be greater than or equal to 1, found -3"),
     ("resources: {gpu: 1.5}", "gpu is 1.5, but a fraction of a GPU must be <= 1"),
     ("data: {dataset: cifar10}", "data.dataset: 'cifar10' is neither a built-in dataset (mnist, fashion-mnist)"),
-    ("metric: test_acc", "metric: Input should be 'val_loss', 'val_acc', 'train_loss' or 'train_acc'"),
+    ("metric: test_acc", "metric: 'test_acc' is not one of val_loss, val_acc, train_loss, train_acc"),
     ("mode: max", "mode is max, but val_loss must be minimised"),
     ("space: {lr: {grid: [0.1, 0.01]}}", "space.lr is a grid, but search.algorithm is optuna"),
     ("search: {algorithm: grid}\nspace: {lr: {choice: [0.1]}}", "space.lr is choice, but search.algorithm is grid"),

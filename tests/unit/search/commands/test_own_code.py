@@ -32,6 +32,14 @@ def not_a_module(width):
     return "a string"
 
 NOT_CALLABLE = 42
+
+
+def train_fn(config):
+    pass
+
+
+def two_arguments(config, data):
+    pass
 """
 
 DATA = """
@@ -116,6 +124,15 @@ def run_main(args, capfd):
     ({"data__dataset": "DATA:nothing"}, "has no attribute 'nothing'"),
     ({"data__dataset": "cifar10"}, "'cifar10' is neither a built-in dataset"),
     ({"code": "no-such-folder"}, "code: "),
+    ({"model": None, "data": None, "trainable": "MODELS:two_arguments", "metric": "val_loss"},
+     "trainable: MODELS:two_arguments takes (config, data), but a Ray Tune function trainable takes one argument"),
+    ({"model": None, "data": None, "trainable": "MODELS:absent", "metric": "val_loss"}, "has no attribute 'absent'"),
+    ({"model": None, "data": None, "trainable": "MODELS:train_fn", "metric": "val_f1"},
+     "mode: required for metric 'val_f1', which your trainable reports: min or max"),
+    ({"model": None, "trainable": "MODELS:train_fn"}, "data.dataset: a sweep with its own `trainable:` loads its own"),
+    ({"trainable": "MODELS:train_fn", "data": None}, "model and trainable exclude each other"),
+    ({"model": None, "data": None, "metric": "val_f1", "mode": "max", "space": {"lr": 0.01}},
+     "metric: 'val_f1' is not one of val_loss"),
 ])
 @pytest.mark.parametrize("command", [["run", "--dry-run"], ["run"]])
 def test_each_bad_input_is_one_line_and_exit_2_before_ray(project, capfd, tmp_path, keys, expected, command):

@@ -43,7 +43,7 @@ def test_searcher_is_the_pruned_aware_bridge_unless_another_class_is_given(tmp_p
     assert type(bridge) is BudgetAwareOptunaSearch and (tmp_path / "study.journal").exists()
 
     class Stock(OptunaSearch):
-        def __init__(self, *args, max_t, **kwargs):
+        def __init__(self, *args, max_t, step_key, **kwargs):
             super().__init__(*args, **kwargs)
 
     assert type(build_searcher(config, None, Stock)) is Stock
