@@ -199,8 +199,13 @@ class SweepConfig(_Section):
         )
 
     def document(self) -> dict[str, Any]:
-        """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from."""
-        return {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
+        """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from. With
+        its own `model:` or `trainable:`, the space holds only the keys the file set: which of the
+        seed's keys a trial gets depends on that (`space_entries`)."""
+        document = {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
+        if self.model or self.trainable:
+            document["space"] = self.space.model_dump(mode="json", exclude_unset=True)
+        return document
 
     @property
     def step_key(self) -> str:
@@ -244,9 +249,10 @@ def _check_own_code(config: SweepConfig) -> None:
         return
     if config.model is not None:
         raise ValueError("model and trainable exclude each other: a trainable builds its own model")
-    if config.data.model_fields_set:
-        raise ValueError(f"data.{sorted(config.data.model_fields_set)[0]}: a sweep with its own `trainable:` "
-                         "loads its own data; remove the data section")
+    changed = [k for k, v in config.data.model_dump().items() if v != DataSection.model_fields[k].default]
+    if changed:
+        raise ValueError(f"data.{changed[0]}: a sweep with its own `trainable:` loads its own data; remove the "
+                         "data section")
 
 
 def _check_space_keys(space: Space, model: str | None) -> None:

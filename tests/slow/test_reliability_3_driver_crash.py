@@ -78,3 +78,73 @@ def test_driver_killed_three_times_then_resumed(ray_head, base_env, tmp_path):
         for key in ("val_loss", "train_acc", "epoch"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], key, steps)
+
+
+DOCS_STYLE_TRAINABLE = '''
+import json
+import os
+import tempfile
+import time
+
+from ray import tune
+
+
+def train_func(config):
+    # As Ray Tune's documentation writes a function trainable: resume from the checkpoint Tune hands
+    # over, report every step with a checkpoint.
+    start = 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as checkpoint_dir:
+            with open(os.path.join(checkpoint_dir, "state.json")) as f:
+                start = json.load(f)["step"] + 1
+    for step in range(start, config["epochs"] + 1):
+        time.sleep(0.4)
+        score = config["x"] * step
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            with open(os.path.join(checkpoint_dir, "state.json"), "w") as f:
+                json.dump({"step": step}, f)
+            tune.report({"score": score, "step": step}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+'''
+
+
+def test_a_users_own_trainable_survives_a_killed_driver(ray_head, base_env, tmp_path):
+    """A trainable written as Ray's docs write one, under `tune run`: the driver SIGKILLed mid-sweep,
+    `--resume` finishes it, and MLflow holds every step of every trial once."""
+    (tmp_path / "docs_style.py").write_text(DOCS_STYLE_TRAINABLE)
+    (tmp_path / "sweep.yaml").write_text(
+        f"name: docs-style\ntrainable: docs_style:train_func\nmetric: score\nmode: max\nepochs: {EPOCHS * 2}\n"
+        "space:\n  x: {uniform: [0.1, 1.0]}\nsearch: {num_samples: 4}\nscheduler: {type: fifo}\n")
+    storage, name = tmp_path / "runs", "docs"
+    experiment = storage / name
+    common = ["run", str(tmp_path / "sweep.yaml"), "--address", ray_head.address, "--name", name,
+              "--storage", str(storage)]
+    driver = start_cli(common, base_env, tmp_path / "first.log", cwd=tmp_path)
+    try:
+        deadline = time.time() + 180
+        while sum(len(rows) for rows in tune_result_rows(experiment).values()) < 6:  # mid-trials
+            assert time.time() < deadline and driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        stop_process(driver)
+    final = run_cli([*common, "--resume"], base_env, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    steps = list(range(1, EPOCHS * 2 + 1))
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["status"] == "finished" and results["counts"]["completed"] == 4
+    for trial in results["trials"]:  # every step on record, once, and the trainable's own count agrees
+        assert [h["epoch"] for h in trial["history"]] == steps, trial["trial_id"]
+        assert [h["step"] for h in trial["history"]] == steps, trial["trial_id"]
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("docs-style").experiment_id])
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(runs) == 5 and len(children) == 4
+    for child in children:
+        for key in ("score", "step"):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [m.step for m in history] == steps, (child.data.tags["trial_id"], key)
+        # the value logged at each step is the one the trainable computed for that step
+        assert all(m.value == m.step for m in client.get_metric_history(child.info.run_id, "step"))

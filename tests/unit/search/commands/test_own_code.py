@@ -212,3 +212,15 @@ def test_a_custom_model_is_registered_and_loads_back(project, tmp_path):
     loaded = load_model("models:/own@best", uri)
     x = torch.randn(5, 3, 4)
     assert torch.allclose(loaded(x), model(x))
+
+
+def test_a_resumed_sweep_gives_trials_the_same_keys(project):
+    """sweep.json keeps which of the seed's keys the file set: a resumed run's trials (and Tune's
+    restored search space) get the same config as the first run's."""
+    from spaces import validate_sweep
+
+    for config in (load_sweep(project(space={"width": 8, "lr": {"loguniform": [0.001, 0.1]}})),
+                   validate_sweep({"name": "t", "trainable": "a.b:c", "metric": "score", "mode": "max",
+                                   "space": {"x": {"uniform": [0.1, 1.0]}}})):
+        again = validate_sweep(json.loads(json.dumps(config.document())))
+        assert again.trial_config() == config.trial_config() and set(again.searched()) == set(config.searched())
