@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from core.errors import UserError
 from spaces import SweepConfig
 from trainables.data import load_data
 from trainables.train import TrainingRun, TrainParams, evaluate_on_test
@@ -37,6 +38,9 @@ def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool =
     """Train the sweep's fixed configuration; print progress to stderr; return every metric."""
     from tqdm import tqdm
 
+    if config.trainable:
+        raise UserError(f"{config.name} runs its own trainable ({config.trainable}); tune train runs the tool's "
+                        "training loop: use tune run, or call your function yourself")
     params, left_at_default = trial_params(config)
     err = sys.stderr
     if threads:

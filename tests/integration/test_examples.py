@@ -145,3 +145,18 @@ def test_a_trial_that_never_reports_the_metric_errors_and_the_sweep_finishes(tmp
     runs = client.search_runs([client.get_experiment_by_name("wrong-metric").experiment_id])
     child = next(r for r in runs if r.data.tags.get("trial_id") == errored["trial_id"])
     assert message in child.data.tags["error"] and child.info.status == "FAILED"
+
+
+def test_the_readmes_level_2_example_runs_as_written(tmp_path):
+    """The README's complete trainable and sweep file, copied out of the README, run as a user would."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (tmp_path / "my_train.py").write_text(re.search(r"```python\n(# my_train\.py.*?)```", readme, re.S)[1])
+    (tmp_path / "my_sweep.yaml").write_text(re.search(r"```yaml\n(# my_sweep\.yaml.*?)```", readme, re.S)[1])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = run_cli(["run", "my_sweep.yaml", "--num-samples", "4", "--json"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    assert payload["sweep"] == "my_sweep" and payload["counts"]["errored"] == 0 and payload["best"]["score"] > 0.5

@@ -224,3 +224,9 @@ def test_a_resumed_sweep_gives_trials_the_same_keys(project):
                                    "space": {"x": {"uniform": [0.1, 1.0]}}})):
         again = validate_sweep(json.loads(json.dumps(config.document())))
         assert again.trial_config() == config.trial_config() and set(again.searched()) == set(config.searched())
+
+
+def test_tune_train_names_the_way_to_run_a_trainable(project, capfd):
+    code, out, err = run_main(["train", project(model=None, data=None, trainable="MODELS:train_fn",
+                                                metric="val_loss")], capfd)
+    assert code == 2 and out == "" and "runs its own trainable" in err and "use tune run" in err
