@@ -191,6 +191,56 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
 
 
 @cli.command()
+@click.argument("source")
+@click.option("--factors", required=True, help="Space keys to vary, comma-separated, e.g. batch_norm,skip.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds per combination (5 or more: a t-test).")
+@click.option("--epochs", type=int, help="Epochs per training run (default: the source's).")
+@click.option("--levels", "level_specs", multiple=True, metavar="KEY=A,B",
+              help="Levels of a numeric factor, e.g. --levels lr=1e-3,3e-3 (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--name", "run_name", help="Name of this run (default: <sweep>-ablate-<UTC time>).")
+@click.option("--storage", help="Where results go, and where a run named by SOURCE is looked up (default: "
+              "SWEEP_STORAGE, else ./runs).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default as for `tune run`).")
+@click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted ablation --name (default: the latest).")
+@click.option("--dry-run", is_flag=True, help="Validate and show the plan; start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json (with the effects) as the only output "
+              "on stdout.")
+@click.option("--dashboard-host", help="Address the local Ray dashboard listens on (default: 127.0.0.1).")
+def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_specs: tuple[str, ...],
+           overrides: tuple[str, ...], run_name: str | None, storage: str | None, tracking_uri: str | None,
+           address: str | None, resume: bool, dry_run: bool, as_json: bool, dashboard_host: str | None) -> None:
+    """Train every combination of some factors' levels × seeds, the rest fixed at SOURCE's best
+    configuration (a finished run: its name, folder or URI) or at a sweep file's fixed values; report
+    each factor's effect with a 95% confidence interval."""
+    if resume and dry_run:
+        raise UserError("--resume and --dry-run exclude each other")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs {epochs}: must be at least 1")
+    if run_name is not None:
+        from spaces import check_name
+
+        check_name(run_name, "--name")
+    env = Environment.read()
+    from search.commands.ablate import parse_levels, plan_ablation, run_ablation
+
+    lookup = storage or env.storage or "runs"
+    plan = plan_ablation(source, [f.strip() for f in factors.split(",") if f.strip()], seeds, epochs=epochs,
+                         levels=parse_levels(level_specs), overrides=overrides, storage=lookup)
+    if storage or env.storage:
+        plan = plan.with_storage(storage or env.storage)
+    options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
+                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env)
+    prepare_tracking()
+    with stdout_to_stderr(as_json):
+        outcome = run_ablation(plan, options)
+    if as_json:
+        click.echo(json.dumps(outcome.payload, indent=2, default=str))
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
 @click.argument("sweep")
 @click.option("--cron", required=True, help='When to run: 5 cron fields ("0 2 * * *"), or 6 with seconds '
               'first ("*/30 * * * * *").')

@@ -4,10 +4,10 @@ confidence interval and a p-value (pure functions: numpy and scipy).
 A factor's effect at one seed is the difference of a metric between two of its levels, averaged
 over the combinations of the other factors' levels (each trained with that seed); the effect is
 the mean of those differences over seeds. With 5 or more seeds the interval and p-value are a
-paired t-test's; with 2 to 4 the interval is a bootstrap of the per-seed differences (percentile,
-10,000 resamples) and the p-value the exact sign-flip test's (with 3 seeds it cannot go below
-0.25): rough, and the table says so. One seed gives no interval. For two two-level factors the interaction, (a₁b₁ − a₀b₁) − (a₁b₀ − a₀b₀), is tested the
-same way.
+paired t-test's; with 2 to 4 the interval is a bootstrap of the per-seed differences
+(percentile, 10,000 resamples) and the p-value the exact sign-flip test's (with 3 seeds it
+cannot go below 0.25): rough, and the table says so. One seed gives no interval. For two
+two-level factors the interaction, (a1b1 - a0b1) - (a1b0 - a0b0), is tested the same way.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class RunOptions:
     tracking_uri: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     reuse_dir: bool = False  # a folder without Tune state may be taken over (a tick restarted early)
+    evaluate_all: bool = False  # every trial's model on the test split, not only the chosen ones (ablations)
     env: Environment = field(default_factory=Environment)
 
 

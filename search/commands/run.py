@@ -242,7 +242,8 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data |
     snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
     interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
                                                             time.time() - started)
-    models = {} if interrupted or data is None else evaluate_chosen(snapshot.trials, config, data)
+    models = {} if interrupted or data is None else evaluate_chosen(snapshot.trials, config, data,
+                                                                     every=options.evaluate_all)
     best = None if interrupted else best_record(snapshot.trials)
     extra = {"fit_started_at": fit_started, "fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
              "settings": settings.as_json(),
@@ -361,19 +362,24 @@ def _stopped_short(config: SweepConfig, trials_started: int, elapsed_s: float) -
     return trials_started < config.trial_count() and not (budget and elapsed_s >= budget)
 
 
-def evaluate_chosen(trials: list[TrialSummary], config: SweepConfig, data: Data) -> dict[str, Any]:
+def evaluate_chosen(trials: list[TrialSummary], config: SweepConfig, data: Data, every: bool = False
+                    ) -> dict[str, Any]:
     """The one evaluation on the test split: the best trial by validation, and the best of each
-    batch_norm × skip group; their test metrics go into their summaries. Returns the models by trial."""
+    batch_norm × skip group (`every`: every trial with a checkpoint, as an ablation compares them all);
+    their test metrics go into their summaries. Returns the chosen trials' models by trial."""
     from trainables.train import evaluate_on_test
     from trainables.trainable import load_checkpoint_model
 
+    chosen = {t.trial_id for t in chosen_trials(trials)}
+    evaluated = [t for t in trials if t.status != ERRORED and t.checkpoint] if every else chosen_trials(trials)
     models = {}
-    for trial in chosen_trials(trials):
+    for trial in evaluated:
         with _checkpoint_dir(trial.checkpoint) as directory:
             model = load_checkpoint_model(directory, {**trial.config, "epochs": config.epochs}, config.model)
         metrics = evaluate_on_test(model, data.test)
         trial.test_loss, trial.test_acc = metrics["test_loss"], metrics["test_acc"]
-        models[trial.trial_id] = model
+        if trial.trial_id in chosen:
+            models[trial.trial_id] = model
     return models
 
 

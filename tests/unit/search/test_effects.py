@@ -46,7 +46,7 @@ def test_effects_are_paired_by_seed_and_averaged_over_the_other_factor():
 def test_a_missing_pair_leaves_that_seed_out():
     trials = [{"status": "completed", "config": {"bn": bn, "seed": s}, "val_acc": 0.9 + 0.01 * bn + 0.001 * s * bn}
               for bn in (True, False) for s in range(6)]
-    trials = [t for t in trials if not (t["config"] == {"bn": False, "seed": 5})]
+    trials = [t for t in trials if t["config"] != {"bn": False, "seed": 5}]
     (row,) = ablation_effects(trials, {"bn": [True, False]}, metrics=["val_acc"])
     assert row["n"] == 5 and row["mean"] == pytest.approx(-(0.01 + 0.001 * 2))  # seeds 0..4: mean s = 2
 
