@@ -177,8 +177,9 @@ def top_trials_table(trials: Sequence[TrialSummary], metric: str = "val_loss", l
 
 
 def level_keys(config: SweepConfig) -> list[str]:
-    """The searched keys with listed values (choice or grid): booleans and categories."""
-    return [k for k, v in config.searched().items() if isinstance(v, (Choice, Grid))]
+    """The searched keys with listed values (choice or grid): booleans and categories (not `seed`,
+    whose levels are repeats, not choices)."""
+    return [k for k, v in config.searched().items() if isinstance(v, (Choice, Grid)) and k != "seed"]
 
 
 def level_rows(trials: Sequence[TrialSummary], key: str, max_t: int, metric: str, mode: str
