@@ -71,6 +71,20 @@ class Space(_Section):
         return list(self.model_extra or {})
 
 
+class Plateau(_Section):
+    """Stop when the best score has not improved by more than `min_delta` over `patience` trials."""
+
+    patience: int = Field(ge=1, le=100_000)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Stop(_Section):
+    """When a sweep stops before its trial budget: on a plateau, or once a trial reaches `target`."""
+
+    plateau: Plateau | None = None
+    target: float | None = None
+
+
 class Search(_Section):
     """How configurations are proposed."""
 
@@ -81,6 +95,7 @@ class Search(_Section):
     time_budget_s: float | None = Field(None, gt=0)
     storage: str | None = None
     study_name: str | None = Field(None, pattern=NAME_PATTERN)
+    stop: Stop = Stop()
 
 
 class Scheduler(_Section):

@@ -240,12 +240,16 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data |
     fit_seconds = time.time() - fit_started
     # The in-memory trials: Tune's saved state can lag behind them (see load_trials).
     snapshot = load_trials(experiment.uri, config, getattr(grid, "_experiment_analysis", None))
-    interrupted = snapshot.unfinished > 0 or _stopped_short(config, len(snapshot.trials),
-                                                            time.time() - started)
+    from search.engine.tuner import SweepStopper
+
+    stop_reason = SweepStopper.reasons.pop(experiment.run_name, None)  # search.stop ended it early
+    interrupted = stop_reason is None and (snapshot.unfinished > 0 or _stopped_short(
+        config, len(snapshot.trials), time.time() - started))
     models = {} if interrupted or data is None else evaluate_chosen(snapshot.trials, config, data,
                                                                      every=options.evaluate_all)
     best = None if interrupted else best_record(snapshot.trials)
     extra = {"fit_started_at": fit_started, "fit_seconds": round(fit_seconds, 2), "storage": experiment.uri,
+             "stop_reason": stop_reason,
              "settings": settings.as_json(),
              "mlflow": {"tracking_uri": target.tracking_uri, "experiment": target.experiment,
                         "ui_command": ui_command(target.tracking_uri)}}
@@ -418,6 +422,8 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
         print(f"\nbest trial {best['trial_id']}: {payload['metric']} {best['score']:.4f} at epoch "
               f"{best['epoch']}{test}", file=out)
+    if payload.get("stop_reason"):
+        print(f"stopped early by search.stop: {payload['stop_reason']}", file=out)
     print(f"results: {experiment.uri}/{RESULTS_FILE}", file=out)
     mlflow = payload["mlflow"]
     print(f"mlflow: {mlflow['tracking_uri']} (experiment {mlflow['experiment']})", file=out)

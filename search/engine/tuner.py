@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from search.engine.optuna_bridge import BudgetAwareOptunaSearch, open_storage
 from spaces import SweepConfig, is_distribution
@@ -132,6 +134,63 @@ class DiskSpaceGuard(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop, as Ctrl-C
 
 
+class SweepStopper(Stopper, tune.Callback):
+    """`search.stop`: ends the sweep (no new trials; running ones stopped) once a trial reports a
+    score that reaches `target`, or once `patience` trials in a row ended without improving the
+    best score by more than `min_delta`. Why it stopped is kept in `reasons[run_name]` (this
+    process's Tune may have restored the stopper from a snapshot)."""
+
+    reasons: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, run_name: str, metric: str, mode: str, target: float | None = None,
+                 patience: int | None = None, min_delta: float = 0.0) -> None:
+        self.run_name, self.metric, self.mode = run_name, metric, mode
+        self.target, self.patience, self.min_delta = target, patience, min_delta
+        self._trial_best: dict[str, float] = {}
+        self._best: float | None = None
+        self._ended = self._ended_at_best = 0
+
+    def _better(self, a: float, b: float, by: float = 0.0) -> bool:
+        return a < b - by if self.mode == "min" else a > b + by
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        score = result.get(self.metric)
+        if not isinstance(score, (int, float)) or math.isnan(score):
+            return False
+        if trial_id not in self._trial_best or self._better(score, self._trial_best[trial_id]):
+            self._trial_best[trial_id] = score
+        if self.target is not None and not self._better(self.target, score) and self.run_name not in self.reasons:
+            self.reasons[self.run_name] = f"target: trial {trial_id} reached {self.metric} {score:.6g} " \
+                                          f"(target {self.target:g})"
+        return False
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.patience is None or trial.trial_id not in self._trial_best:
+            return
+        self._ended += 1
+        score = self._trial_best[trial.trial_id]
+        if self._best is None or self._better(score, self._best, self.min_delta):
+            self._best, self._ended_at_best = score, self._ended
+        elif self._best is not None and self._better(score, self._best):
+            self._best = score  # better, but by no more than min_delta: not an improvement
+        if self._ended - self._ended_at_best >= self.patience and self.run_name not in self.reasons:
+            self.reasons[self.run_name] = (f"plateau: {self.patience} trials ended without improving the best "
+                                           f"{self.metric} ({self._best:.6g}) by more than {self.min_delta:g}")
+
+    def stop_all(self) -> bool:
+        return self.run_name in self.reasons
+
+
+def build_stopper(config: SweepConfig, run_name: str) -> SweepStopper | None:
+    """The sweep's `search.stop`, or None when it has none."""
+    stop = config.search.stop
+    if stop.plateau is None and stop.target is None:
+        return None
+    return SweepStopper(run_name, config.metric, config.mode, stop.target,
+                        stop.plateau.patience if stop.plateau else None,
+                        stop.plateau.min_delta if stop.plateau else 0.0)
+
+
 def build_tuner(
     config: SweepConfig,
     data: Data | None,
@@ -149,6 +208,7 @@ def build_tuner(
     (no TensorBoard), and `result.json` is what trials are read back from.
     """
     search = config.search
+    stopper = build_stopper(config, run_name)
     return tune.Tuner(
         build_trainable(config, data, f"{storage}/{run_name}"),
         param_space=build_param_space(config),
@@ -165,7 +225,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage,
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks, *([stopper] if stopper else [])],
+            stop=stopper,
             verbose=verbose,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

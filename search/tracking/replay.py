@@ -194,6 +194,8 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
         client.set_tag(parent, "champion_decision", decision.reason)
     if best:
         client.set_tag(parent, "best_trial_id", best["trial_id"])
+    if results.get("stop_reason"):  # search.stop ended the sweep before its trial budget
+        client.set_tag(parent, "stop_reason", results["stop_reason"])
     client.set_tag(parent, FINALIZED_TAG, "true")
     client.set_terminated(parent, status="FINISHED")
     return version

@@ -69,3 +69,30 @@ def test_tuner_takes_the_searcher_it_is_given_and_keeps_tunes_json_logger(tmp_pa
     callbacks = internal._run_config.callbacks
     assert any(isinstance(c, JsonLoggerCallback) for c in callbacks)
     assert any(isinstance(c, CSVLoggerCallback) for c in callbacks)
+
+
+def test_the_sweep_stopper_stops_on_a_plateau_of_trials():
+    from types import SimpleNamespace
+
+    from search.engine.tuner import SweepStopper
+
+    stopper = SweepStopper("plateau-run", "val_loss", "min", patience=2, min_delta=0.01)
+    for trial_id, losses in [("a", [0.5, 0.3]), ("b", [0.295]), ("c", [0.4]), ("d", [0.1])]:
+        for loss in losses:
+            assert stopper(trial_id, {"val_loss": loss}) is False
+        stopper.on_trial_complete(0, [], SimpleNamespace(trial_id=trial_id))
+        if trial_id == "b":
+            assert not stopper.stop_all()  # one trial without an improvement > 0.01 (0.3 -> 0.295)
+    assert stopper.stop_all()  # b and c ended without improving by more than 0.01
+    assert SweepStopper.reasons.pop("plateau-run").startswith("plateau: 2 trials ended without improving")
+
+
+def test_the_sweep_stopper_stops_at_a_target():
+    from search.engine.tuner import SweepStopper, build_stopper
+
+    assert build_stopper(load_sweep("smoke"), "x") is None
+    stopper = build_stopper(load_sweep("smoke", ["search.stop.target=0.95", "metric=val_acc"]), "target-run")
+    stopper("t1", {"val_acc": 0.9})
+    assert not stopper.stop_all()
+    stopper("t2", {"val_acc": 0.951})
+    assert stopper.stop_all() and "trial t2 reached val_acc 0.951" in SweepStopper.reasons.pop("target-run")
