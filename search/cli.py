@@ -163,14 +163,18 @@ def train(sweep: str | None, overrides: tuple[str, ...], epochs: int | None, sub
 @click.option("--json", "as_json", is_flag=True, help="Print results.json (with --dry-run: the plan) as the only "
               "output on stdout; everything else goes to stderr.")
 @click.option("--dashboard-host", help="Address the local Ray dashboard listens on (default: 127.0.0.1).")
+@click.option("--warm-start", "warm_start", metavar="RUN", help="Seed the Optuna study with the finished trials of "
+              "an earlier run on the same space (its name, folder or URI).")
 def run(sweep: str, address: str | None, run_name: str | None, storage: str | None, tracking_uri: str | None,
         overrides: tuple[str, ...], num_samples: int | None, resume: bool, dry_run: bool, as_json: bool,
-        dashboard_host: str | None) -> None:
+        dashboard_host: str | None, warm_start: str | None) -> None:
     """Search SWEEP (a file, or the name of one in spaces/) with Optuna + ASHA on Ray Tune."""
     if resume and (overrides or num_samples):
         raise UserError("--resume continues a sweep as it was started; it takes no --set or --num-samples")
     if resume and dry_run:
         raise UserError("--resume and --dry-run exclude each other")
+    if resume and warm_start:
+        raise UserError("--resume continues a sweep's own study; it takes no --warm-start")
     if run_name is not None:
         from spaces import check_name
 
@@ -179,7 +183,8 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     config = load_run_config(sweep, overrides, flag_values(overrides, num_samples=num_samples, storage=storage),
                              env)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
-                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env)
+                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env,
+                         warm_start=warm_start)
     prepare_tracking()
     from search.commands.run import run_sweep
 

@@ -96,6 +96,7 @@ class Search(_Section):
     storage: str | None = None
     study_name: str | None = Field(None, pattern=NAME_PATTERN)
     stop: Stop = Stop()
+    start_from: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)  # evaluated first
 
 
 class Scheduler(_Section):
@@ -202,6 +203,9 @@ class SweepConfig(_Section):
             object.__setattr__(self, "scheduler", scheduler)
         _check_scheduler(scheduler, self.epochs)
         _check_algorithm(self.search.algorithm, self.searched())
+        _check_start_from(self.search.start_from, self.searched())
+        if self.search.start_from and self.search.algorithm == "grid":
+            raise ValueError("search.start_from: a grid runs every combination already; use it with optuna or random")
         if (trials := self.trial_count()) > MAX_TRIALS:
             raise ValueError(f"the sweep has {trials} trials (every grid combination × search.num_samples "
                              f"{self.search.num_samples}); at most {MAX_TRIALS}")
@@ -299,6 +303,26 @@ def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
             f"between grace_period {scheduler.grace_period} and max_t {scheduler.max_t}, but at most "
             f"{MAX_RUNGS} are allowed (use a reduction_factor >= {smallest:g})"
         )
+
+
+def _check_start_from(points: list[dict[str, Any]], searched: dict[str, Any]) -> None:
+    """Each configuration to evaluate first names searched keys only, each with a value it can take."""
+    for index, point in enumerate(points):
+        where = f"search.start_from.{index}"
+        if not point:
+            raise ValueError(f"{where}: is empty; give values of searched keys, e.g. {{lr: 0.001}}")
+        for key, value in point.items():
+            dist = searched.get(key)
+            if dist is None:
+                raise ValueError(f"{where}.{key}: not a searched key (searched: {', '.join(searched) or 'none'})")
+            if hasattr(dist, "values"):
+                ok = (value in dist.values() and type(value) is type(dist.values()[0])) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and any(v == value and not isinstance(v, bool) for v in dist.values()))
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high
+            if not ok:
+                raise ValueError(f"{where}.{key}: {value!r} is not a value of {dist.describe()}")
 
 
 def _check_algorithm(algorithm: str, searched: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from core.errors import UserError
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_OK, SweepOutcome, run_sweep
 from search.effects import ablation_effects, effects_table, forest_plot
-from search.engine.storage import RESULTS_FILE, SWEEP_FILE, ExperimentDir, is_uri, resolve_storage
+from search.engine.storage import RESULTS_FILE, SWEEP_FILE, ExperimentDir, find_run
 from spaces import Choice, Grid, SweepConfig, apply_override, check_entry_points, load_sweep, validate_sweep
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,8 @@ def plan_ablation(source: str, factors: Sequence[str], seeds: int, *, epochs: in
 
 def _finished_run(source: str, storage: str) -> tuple[dict, dict, str] | None:
     """(its sweep document, its best configuration, its location) when `source` is a run."""
-    if is_uri(source):
-        root, _, name = source.rstrip("/").rpartition("/")
-        experiment = ExperimentDir(root, name)
-    elif Path(source).is_dir():
-        folder = Path(source).resolve()
-        experiment = ExperimentDir(str(folder.parent), folder.name)
-    elif "/" not in source and not source.endswith((".yaml", ".yml")) and \
-            Path(resolve_storage(storage), source, SWEEP_FILE).is_file():
-        experiment = ExperimentDir(resolve_storage(storage), source)
-    else:
+    experiment = find_run(source, storage)
+    if experiment is None:
         return None
     saved = experiment.read_json(SWEEP_FILE)
     if saved is None:

@@ -94,6 +94,7 @@ class RunOptions:
     tags: dict[str, str] = field(default_factory=dict)
     reuse_dir: bool = False  # a folder without Tune state may be taken over (a tick restarted early)
     evaluate_all: bool = False  # every trial's model on the test split, not only the chosen ones (ablations)
+    warm_start: str | None = None  # an earlier run whose trials seed the Optuna study (--warm-start)
     env: Environment = field(default_factory=Environment)
 
 

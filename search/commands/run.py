@@ -149,6 +149,7 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
             print(model_check_text(payload["model_check"]))
         return SweepOutcome(EXIT_OK, payload)
     config, experiment, settings = prepare_run(config, options)
+    warm = _warm_trials(config, options.warm_start, experiment.storage) if options.warm_start else None
     data = None if config.trainable else _load_data(config)  # a trainable of the user's loads its own
     if config.model or config.data.is_custom:
         print(model_check_text(check_model(config, data)), file=sys.stderr)
@@ -166,7 +167,7 @@ def run_sweep(config: SweepConfig, options: RunOptions, optuna_class: type | Non
     if not options.resume:
         experiment.write_json(SWEEP_FILE, config.document())
     experiment.write_json(RUN_FILE, {"settings": settings.as_json()})
-    return _fit_and_report(config, experiment, data, settings, options, optuna_class)
+    return _fit_and_report(config, experiment, data, settings, options, optuna_class, warm)
 
 
 def _load_data(config: SweepConfig) -> Data:
@@ -227,14 +228,14 @@ def code_runtime_env(config: SweepConfig, experiment: ExperimentDir) -> dict[str
 
 
 def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data | None, settings: RunSettings,
-                    options: RunOptions, optuna_class: type | None) -> SweepOutcome:
+                    options: RunOptions, optuna_class: type | None, warm: list | None = None) -> SweepOutcome:
     from search.engine.trials import load_trials
 
     target = target_for(config, experiment.run_name, settings.tracking_uri, local_root(experiment))
     ensure_sqlite_store(target.tracking_uri)
     started = time.time()
     trial_data = data.without_test() if data is not None else None
-    tuner, callback = _tuner_for(config, experiment, trial_data, target, settings, options, optuna_class)
+    tuner, callback = _tuner_for(config, experiment, trial_data, target, settings, options, optuna_class, warm)
     fit_started = time.time()
     grid = tuner.fit()
     fit_seconds = time.time() - fit_started
@@ -274,7 +275,8 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data |
 
 
 def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data | None, target: TrackingTarget,
-               settings: RunSettings, options: RunOptions, optuna_class: type | None) -> tuple[Any, Any]:
+               settings: RunSettings, options: RunOptions, optuna_class: type | None,
+               warm: list | None = None) -> tuple[Any, Any]:
     """The restored Tuner of a resumed run, or a new one with its MLflow callback (None when restored:
     Tune brings the callback back with its state). Trials get the data without its test split."""
     from ray import tune
@@ -298,13 +300,44 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data 
         slots, why = cluster.trial_slots(config.resources.cpu, config.resources.gpu, bool(settings.address))
         if why:
             print(why, file=sys.stderr)
-    callback = _tracking_callback(config, experiment, target, settings.tags)
-    searcher = build_searcher(config, str(journal), optuna_class, upload_journal=experiment.is_remote)
+    tags = {**settings.tags, **({"warm_start": options.warm_start} if options.warm_start else {})}
+    callback = _tracking_callback(config, experiment, target, tags)
+    searcher = build_searcher(config, str(journal), optuna_class, upload_journal=experiment.is_remote,
+                              warm_trials=warm)
     guards = [] if experiment.is_remote else [DiskSpaceGuard(experiment.storage)]
     tuner = build_tuner(config, trial_data, searcher,
                         storage=experiment.storage, run_name=experiment.run_name, max_concurrent_trials=slots,
                         verbose=0 if options.as_json else 1, callbacks=[callback, *guards])
     return tuner, callback
+
+
+def _warm_trials(config: SweepConfig, source: str, storage: str) -> list[Any]:
+    """`--warm-start RUN`: the finished trials of an earlier run on this space, as Optuna trials."""
+    from search.engine.optuna_bridge import warm_trials
+    from search.engine.storage import find_run
+
+    if config.search.algorithm != "optuna" or not config.searched():
+        raise UserError(f"--warm-start seeds an Optuna study, but {config.name} searches with "
+                        f"{config.search.algorithm}" + ("" if config.searched() else " and searches nothing"))
+    run = find_run(source, storage)
+    results = run.read_json(RESULTS_FILE) if run is not None else None
+    if not results or not results.get("trials"):
+        raise UserError(f"--warm-start {source}: no run with trials there (a run's name in {storage}, its "
+                        "folder or its URI)")
+    if results.get("metric") != config.metric:
+        raise UserError(f"--warm-start {source}: its trials were scored by {results.get('metric')}, this sweep "
+                        f"by {config.metric}")
+    distributions = {k: d.to_optuna() for k, d in config.searched().items()}
+    trials, skipped = warm_trials(results["trials"], distributions, config.metric, config.scheduler.max_t,
+                                  run.uri)
+    if not trials:
+        raise UserError(f"--warm-start {source}: none of its {len(results['trials'])} trials is a finished "
+                        "configuration of this sweep's space")
+    complete = sum(t.state.name == "COMPLETE" for t in trials)
+    print(f"warm start: {len(trials)} trials of {run.uri} ({complete} completed, {len(trials) - complete} "
+          f"pruned){f'; {skipped} left out (errored, unfinished or outside this space)' if skipped else ''}",
+          file=sys.stderr)
+    return trials
 
 
 def resume_command(config: SweepConfig, experiment: ExperimentDir, settings: RunSettings) -> str:

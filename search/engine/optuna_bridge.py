@@ -45,12 +45,48 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
 
 
+WARM_START_ATTR = "warm_start_of"  # the user attribute of a trial added from an earlier run
+
+
+def warm_trials(trials: list[dict[str, Any]], distributions: dict[str, Any], metric: str, max_t: int,
+                source: str) -> tuple[list[optuna.trial.FrozenTrial], int]:
+    """An earlier run's trials (results.json) as Optuna trials of this space: completed ones COMPLETE
+    with their score, early-stopped ones PRUNED with their per-epoch values. Returns them and how many
+    were left out (errored, unfinished, or a configuration outside this space)."""
+    out, skipped = [], 0
+    for trial in trials:
+        params = {k: trial.get("config", {}).get(k) for k in distributions}
+        inside = all(v is not None and distributions[k]._contains(_internal(distributions[k], v))
+                     for k, v in params.items())
+        history = {int(h["epoch"]): h[metric] for h in trial.get("history", [])
+                   if "epoch" in h and isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])}
+        if not inside or trial.get("status") not in (COMPLETED, "early_stopped") or not history:
+            skipped += 1
+            continue
+        complete = trial["status"] == COMPLETED and trial.get("score") is not None
+        out.append(optuna.trial.create_trial(
+            params=params, distributions=distributions,
+            state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+            value=trial["score"] if complete else None,
+            intermediate_values={step: value for step, value in history.items() if step <= max_t},
+            user_attrs={WARM_START_ATTR: source, "warm_start_trial_id": str(trial.get("trial_id"))}))
+    return out, skipped
+
+
+def _internal(distribution: Any, value: Any) -> Any:
+    try:
+        return distribution.to_internal_repr(value)
+    except (ValueError, TypeError):
+        return float("nan")
+
+
 class BudgetAwareOptunaSearch(OptunaSearch):
     """`OptunaSearch` that reports trials stopped before `max_t` as PRUNED."""
 
     def __init__(self, *args: Any, max_t: int, journal_copy: str | None = None, step_key: str = "epoch",
-                 **kwargs: Any) -> None:
+                 warm_trials: list[optuna.trial.FrozenTrial] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._warm_trials = list(warm_trials or [])  # an earlier run's trials, added when the study is made
         self._max_t = max_t
         self._step_key = step_key  # the result key that counts epochs (a user's trainable: reports)
         self._best_values: dict[str, float] = {}  # saved with the searcher's state, so a resume keeps it
@@ -63,6 +99,12 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         journal = Path(self._journal_copy) if self._journal_copy else None
         if journal is not None and journal.exists():
             write_atomically(Path(checkpoint_dir) / journal.name, journal.read_bytes())
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        if self._warm_trials and not any(WARM_START_ATTR in t.user_attrs for t in self._ot_study.get_trials(False)):
+            self._ot_study.add_trials(self._warm_trials)
+        self._warm_trials = []
 
     @property
     def study(self) -> optuna.Study:

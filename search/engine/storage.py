@@ -280,3 +280,18 @@ def default_run_name(sweep_name: str) -> str:
 def local_root(experiment: ExperimentDir) -> Path:
     """The local folder for the default MLflow store: the storage folder, or ./runs for a URI."""
     return Path("runs").resolve() if experiment.is_remote else Path(experiment.storage)
+
+
+def find_run(source: str, storage: str) -> ExperimentDir | None:
+    """The run `source` names: a URI, a folder, or a run's name in `storage`; None when it names
+    none of these (it may be a sweep file)."""
+    if is_uri(source):
+        root, _, name = source.rstrip("/").rpartition("/")
+        return ExperimentDir(root, name)
+    if Path(source).is_dir():
+        folder = Path(source).resolve()
+        return ExperimentDir(str(folder.parent), folder.name)
+    if "/" not in source and not source.endswith((".yaml", ".yml")) and \
+            Path(resolve_storage(storage), source, SWEEP_FILE).is_file():
+        return ExperimentDir(resolve_storage(storage), source)
+    return None

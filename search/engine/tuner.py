@@ -44,7 +44,7 @@ def tpe_startup_trials(num_samples: int) -> int:
 
 def build_searcher(config: SweepConfig, default_storage: str | None = None,
                    optuna_class: type[OptunaSearch] | None = None, *,
-                   upload_journal: bool = False) -> Searcher | SearchAlgorithm:
+                   upload_journal: bool = False, warm_trials: list | None = None) -> Searcher | SearchAlgorithm:
     """Optuna TPE (seeded, PRUNED-aware), or Tune's random/grid generator.
 
     `optuna_class` is the Tune searcher that wraps the study (default: the PRUNED-aware bridge;
@@ -53,6 +53,8 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
     `default_storage` (a journal file beside the Tune experiment, or its local working copy for
     a run on cloud storage: `upload_journal` then has every Tune snapshot upload it), else in
     memory. A space with nothing to search repeats its one configuration `num_samples` times.
+    `search.start_from` is evaluated first (Tune's `points_to_evaluate`); `warm_trials` (Optuna
+    trials of an earlier run, `optuna_bridge.warm_trials`) are added to the study when it is made.
     """
     search = config.search
     if search.algorithm == "optuna" and config.searched():
@@ -72,9 +74,11 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
             study_name=search.study_name or config.name,
             max_t=config.scheduler.max_t,
             step_key=config.step_key,
+            points_to_evaluate=list(search.start_from) or None,
+            **({"warm_trials": warm_trials} if warm_trials else {}),
             **({"journal_copy": default_storage} if upload_journal and not search.storage else {}),
         )
-    return BasicVariantGenerator(random_state=search.seed)
+    return BasicVariantGenerator(random_state=search.seed, points_to_evaluate=list(search.start_from) or None)
 
 
 def build_scheduler(config: SweepConfig) -> TrialScheduler:
