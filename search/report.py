@@ -109,6 +109,42 @@ def summarize_trial(
     )
 
 
+def asha_rungs(config: SweepConfig) -> list[int]:
+    """The epochs at which ASHA compares trials: grace_period × reduction_factor^k < max_t, each at
+    the first whole epoch that reaches it (the schema bounds how many there are)."""
+    rungs, rung = [], float(config.scheduler.grace_period)
+    while rung < config.scheduler.max_t:
+        if math.ceil(rung) not in rungs:
+            rungs.append(math.ceil(rung))
+        rung *= config.scheduler.reduction_factor
+    return rungs
+
+
+MIN_TRIALS_AT_BUDGET = 8  # importances and the batch-norm × skip table need this many trials at one budget
+
+
+def common_budget(trials: Sequence[TrialSummary], config: SweepConfig) -> tuple[int, int]:
+    """(epoch, trials): the largest budget — an ASHA rung or the full budget — that at least
+    `MIN_TRIALS_AT_BUDGET` trials reached (early-stopped ones included, if stopped after it), so
+    that trials are compared at equal training; when no budget has that many, the one most trials
+    reached (the larger on a tie)."""
+    budgets = sorted({*(asha_rungs(config) if config.scheduler.type == "asha" else []),
+                      config.scheduler.max_t}, reverse=True)
+    counts = [(b, sum(value_at(t, b, config.metric) is not None for t in trials)) for b in budgets]
+    enough = [(b, n) for b, n in counts if n >= MIN_TRIALS_AT_BUDGET]
+    return enough[0] if enough else max(counts, key=lambda bn: (bn[1], bn[0]))
+
+
+def value_at(trial: TrialSummary, epoch: int, metric: str) -> float | None:
+    """`metric` at `epoch` of a trial that reached it (None for errored trials or ones stopped before)."""
+    if trial.status == ERRORED:
+        return None
+    for row in trial.history:
+        if int(row.get(EPOCHS, -1)) == epoch and metric in row and not _is_nan(row[metric]):
+            return float(row[metric])
+    return None
+
+
 def rank_trials(trials: Sequence[TrialSummary], mode: str) -> list[TrialSummary]:
     """Trials best first by their best epoch's score; trials without one go last."""
     sign = 1 if mode == "min" else -1
@@ -129,18 +165,25 @@ def chosen_trials(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
     return list(chosen.values())
 
 
-def ablation_rows(trials: Sequence[TrialSummary]) -> list[dict[str, Any]]:
+def ablation_rows(trials: Sequence[TrialSummary], budget: int | None = None) -> list[dict[str, Any]]:
     """The seed's question for every sweep: per batch_norm × skip, how good did trials get on
     validation, and the test accuracy of the group's best trial by validation (never the best
-    test accuracy over trials, which would choose by test). `trials` are ranked best first."""
+    test accuracy over trials, which would choose by test). `trials` are ranked best first.
+
+    With a `budget` (an epoch: `common_budget`), each cell also counts the trials that reached it
+    and their best and mean val_acc there: trials compared at equal training."""
     rows = []
     for bn in (True, False):
         for skip in (True, False):
             group = [t for t in trials if group_of(t) == (bn, skip) and t.status != ERRORED]
             val = [t.val_acc for t in group if t.val_acc is not None]
             best = next((t for t in group if t.score is not None), None)
+            at = [v for t in group if (v := value_at(t, budget, "val_acc")) is not None] if budget else []
             rows.append({
                 "batch_norm": bn, "skip": skip, "trials": len(group),
+                **({"budget_epoch": budget, "trials_at_budget": len(at),
+                    "best_val_acc_at_budget": max(at) if at else None,
+                    "mean_val_acc_at_budget": sum(at) / len(at) if at else None} if budget else {}),
                 "best_val_acc": max(val) if val else None,
                 "mean_val_acc": sum(val) / len(val) if val else None,
                 "best_trial": best.trial_id if best else None,
@@ -205,9 +248,10 @@ def level_tables(trials: Sequence[TrialSummary], config: SweepConfig) -> dict[st
             for key in level_keys(config)}
 
 
-def ablation_table(trials: Sequence[TrialSummary]) -> str:
-    return format_table(ablation_rows(trials), ["batch_norm", "skip", "trials", "best_val_acc", "mean_val_acc",
-                                                "best_trial", "best_trial_test_acc"])
+def ablation_table(trials: Sequence[TrialSummary], budget: int | None = None) -> str:
+    at_budget = ["trials_at_budget", "mean_val_acc_at_budget"] if budget else []
+    return format_table(ablation_rows(trials, budget), ["batch_norm", "skip", "trials", *at_budget, "best_val_acc",
+                                                        "mean_val_acc", "best_trial", "best_trial_test_acc"])
 
 
 def results_payload(
@@ -228,7 +272,8 @@ def results_payload(
         "best": best,
         "trials": [{k: v for k, v in asdict(t).items() if k != "history"} | {"history": t.history}
                    for t in trials],
-        "ablation": ablation_rows(trials),
+        "ablation": ablation_rows(trials, common_budget(trials, config)[0] if trials else None),
+        "common_budget": dict(zip(("epoch", "trials"), common_budget(trials, config), strict=True)) if trials else None,
         "levels": level_tables(trials, config),
         **extra,
     }

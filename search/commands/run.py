@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shlex
 import sys
 import time
@@ -36,6 +35,7 @@ from search.engine.storage import (
 from search.report import (
     TrialSummary,
     ablation_table,
+    asha_rungs,
     chosen_trials,
     format_table,
     results_payload,
@@ -84,17 +84,6 @@ def plan_text(config: SweepConfig) -> str:
     else:
         lines.append(f"epoch budget: {budget} ({trials} trials × {config.epochs} epochs, no early stopping)")
     return "\n".join(lines)
-
-
-def asha_rungs(config: SweepConfig) -> list[int]:
-    """The epochs at which ASHA compares trials: grace_period × reduction_factor^k < max_t, each at
-    the first whole epoch that reaches it (the schema bounds how many there are)."""
-    rungs, rung = [], float(config.scheduler.grace_period)
-    while rung < config.scheduler.max_t:
-        if math.ceil(rung) not in rungs:
-            rungs.append(math.ceil(rung))
-        rung *= config.scheduler.reduction_factor
-    return rungs
 
 
 def plan_payload(config: SweepConfig) -> dict[str, Any]:
@@ -446,8 +435,11 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
     print(top_trials_table(trials, payload["metric"]), file=out)
     levels = payload.get("levels") or {}
     if "batch_norm" in levels and "skip" in levels:
-        print("\nbatch norm × skip (validation; test_acc of each group's best trial by validation):", file=out)
-        print(ablation_table(trials), file=out)
+        budget = (payload.get("common_budget") or {}).get("epoch")
+        print(f"\nbatch norm × skip (validation: trials_at_budget and mean_val_acc_at_budget at epoch {budget}, "
+              "the budget most trials reached; best_val_acc over each trial's best epoch; test_acc of each group's "
+              "best trial by validation):", file=out)
+        print(ablation_table(trials, budget), file=out)
     for key, rows in levels.items():
         print(f"\nby {key} ({payload['metric']}: best and mean over the trials that ran the full budget):", file=out)
         print(format_table(rows, list(rows[0]) if rows else []), file=out)

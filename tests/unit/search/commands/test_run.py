@@ -9,8 +9,9 @@ import pytest
 
 from core.errors import UserError
 from search.commands.options import Environment, RunOptions
-from search.commands.run import asha_rungs, plan_payload, plan_text, prepare_run, resume_command
+from search.commands.run import plan_payload, plan_text, prepare_run, resume_command
 from search.engine.storage import RUN_FILE, SWEEP_FILE, RunSettings
+from search.report import asha_rungs
 from spaces import load_sweep
 
 
