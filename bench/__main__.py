@@ -15,6 +15,7 @@ from bench import (
     cli_errors,
     overhead,
     search_quality,
+    seed_ablation,
     seed_table,
     sweep_efficiency,
     throughput,
@@ -31,6 +32,7 @@ ORDER = [
     ("sweep_efficiency", lambda scale: sweep_efficiency.run(sweep_efficiency.SETTINGS[scale])),
     ("search_quality", lambda scale: search_quality.run(search_quality.SETTINGS[scale])),
     ("seed_table", lambda scale: seed_table.run(seed_table.SETTINGS[scale])),
+    ("seed_ablation", lambda scale: seed_ablation.run(seed_ablation.SETTINGS[scale])),
     ("best_model", lambda scale: best_model.run(best_model.SETTINGS[scale])),
     # Only when named: the two Optuna arms of search_quality again (after a change to the bridge).
     ("bridge_vs_stock", lambda scale: search_quality.run(search_quality.SETTINGS[scale], search_quality.BRIDGE_ARMS)),

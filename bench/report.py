@@ -161,6 +161,38 @@ def seed_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def seed_ablation_section(s: dict[str, Any]) -> list[str]:
+    """The seed's experiments re-run with `tune ablate`: effect ± 95% CI and p beside the seed's numbers,
+    with one sentence per experiment on what the evidence supports (read off the interval)."""
+    lines = ["| experiment | effect on | here: on − off (95% CI) | p | method | here: on / off (mean) "
+             "| the seed: on / off |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    verdicts = []
+    for name, entry in s["table"].items():
+        on, off = entry["levels"]["true"], entry["levels"]["false"]
+        for effect in entry["effects"]:
+            lines.append(f"| {name} ({entry['seeds']} seeds, {entry['epochs']} epochs) | {effect['metric']} | "
+                         f"{100 * effect['mean']:+.3f} pp ({_ci(effect)}) | {effect['p_value']:.3g} | "
+                         f"{effect['method']} | {100 * on['mean']:.2f}% / {100 * off['mean']:.2f}% | "
+                         f"{100 * on['seed']:.1f}% / {100 * off['seed']:.1f}% |")
+        test = next(e for e in entry["effects"] if e["metric"] == "test_acc")
+        if test["ci_low"] is not None and (test["ci_low"] > 0 or test["ci_high"] < 0):
+            verdicts.append(f"{name}: with {entry['switch']} on, test accuracy is {100 * test['mean']:+.3f} "
+                            f"percentage points different, and the 95% interval ({_ci(test)}) excludes zero: "
+                            f"the evidence supports an effect of this size here, far smaller than the seed's "
+                            f"{100 * (on['seed'] - off['seed']):+.1f} pp.")
+        else:
+            verdicts.append(f"{name}: the 95% interval of the effect on test accuracy ({_ci(test)}) includes zero: "
+                            f"{entry['seeds']} seeds show no effect of {entry['switch']} distinguishable from seed "
+                            f"noise, where the seed reported {100 * (on['seed'] - off['seed']):+.1f} pp.")
+    return [*lines, "", *verdicts]
+
+
+def _ci(effect: dict[str, Any]) -> str:
+    if effect["ci_low"] is None:
+        return "no interval"
+    return f"{100 * effect['ci_low']:+.3f} to {100 * effect['ci_high']:+.3f} pp"
+
+
 def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
     any_result = next(iter(r.values()))
@@ -255,6 +287,12 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
                 "before a cross-entropy that applies its own, which flattens the gradients, and kept its "
                 "batch-norm layers in a plain Python list, so they were never trained nor switched to running "
                 "statistics in evaluation; here both are fixed (logits into the loss, registered BN modules)."]
+    if "seed_ablation" in r:
+        out += ["", "## The seed's table, with statistics", "",
+                f"`tune ablate seed_bn --factors batch_norm --seeds N` and `tune ablate seed_skip --factors skip "
+                f"--seeds N` ({r['seed_ablation']['date']}): every run of the pair trained with the same seed, so "
+                "each seed gives one difference; the effect is their mean.", "",
+                *seed_ablation_section(r["seed_ablation"])]
     if "best_model" in r:
         b = r["best_model"]
         out += ["", "## Best model", "",

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "cli_errors": "median_s", "throughput": "profile_1_thread", "overhead": "ratio",
     "tracking_overhead": "mlflow_share_of_epoch_http", "sweep_efficiency": "efficiency",
-    "search_quality": "comparisons", "seed_table": "table", "best_model": "best",
+    "search_quality": "comparisons", "seed_table": "table", "best_model": "best", "seed_ablation": "table",
 }
 
 
@@ -35,3 +35,4 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "B.md").read_text()
     assert "| 1. Wrapper overhead" in text and "## The seed's table" in text
+    assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text

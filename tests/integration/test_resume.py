@@ -127,5 +127,10 @@ def test_resume_uses_the_settings_the_run_was_started_with(base_env, tmp_path):
     by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     for trial in results["trials"]:
         told = by_id[trial["trial_id"]]
-        assert sorted(told.intermediate_values) == list(range(1, EPOCHS + 1)), trial["trial_id"]
+        # Every epoch reached the searcher, except that an epoch reported while Tune cleaned up after
+        # Ctrl-C (after its last snapshot) can be missing: Tune never hands it to the restored searcher,
+        # though results.json and MLflow hold it (see test_sigint_then_resume_completes_the_sweep).
+        epochs = set(told.intermediate_values)
+        assert epochs <= set(range(1, EPOCHS + 1)) and EPOCHS in epochs, trial["trial_id"]
+        assert len(epochs) >= EPOCHS - 1, (trial["trial_id"], sorted(epochs))
         assert told.value == trial["score"]
