@@ -277,6 +277,39 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     sys.exit(run_schedule(config, options))
 
 
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_uri", default="models:/quick@best", show_default=True,
+              help="The registered model: models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the SQLite store in "
+              "--storage).")
+@click.option("--storage", help="The storage whose MLflow store holds the model (default: SWEEP_STORAGE, else "
+              "./runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as one JSON document.")
+def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, storage: str | None,
+            as_json: bool) -> None:
+    """Classify IMAGES (PNG, JPEG, …; a digit, dark on light or light on dark) with a registered model."""
+    from pathlib import Path
+
+    from search.commands.predict import predict as run_predict
+    from search.commands.predict import print_predictions
+    from search.engine.storage import is_uri, resolve_storage
+    from search.tracking.recorder import default_tracking_uri
+
+    env = Environment.read()
+    root = storage or env.storage or "runs"
+    if not (tracking_uri or env.tracking_uri) and is_uri(root):
+        raise UserError(f"--storage {root}: the default MLflow store is a local file; name the store with "
+                        "--tracking-uri or MLFLOW_TRACKING_URI")
+    uri = without_credentials(tracking_uri) or env.tracking_uri or default_tracking_uri(Path(resolve_storage(root)))
+    quiet_mlflow_http_retries()
+    results = run_predict(list(images), model_uri, uri)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        print_predictions(results)
+
+
 @cli.command("sync-mlflow")
 @click.argument("experiment_dir")
 @click.option("--tracking-uri", help="Store to replay into (default: the store the run was started with).")

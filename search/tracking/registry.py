@@ -49,8 +49,10 @@ def log_and_register(
     registered_name: str,
     tags: Mapping[str, Any],
     alias: str = BEST_ALIAS,
+    dataset: str | None = None,
 ) -> RegisteredModel:
-    """Log `model` (built from trial `config`) in run `run_id`, register a new version, point `alias` at it."""
+    """Log `model` (built from trial `config`, trained on `dataset`) in run `run_id`, register a new
+    version, point `alias` at it."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -66,8 +68,8 @@ def log_and_register(
     with tempfile.TemporaryDirectory() as staging:
         weights, config_file = Path(staging) / WEIGHTS_FILE, Path(staging) / CONFIG_FILE
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        config_file.write_text(json.dumps({**config, "num_classes": num_classes, "input_shape": list(shape)},
-                                          default=str))
+        config_file.write_text(json.dumps({**config, "num_classes": num_classes, "input_shape": list(shape),
+                                           **({"dataset": dataset} if dataset else {})}, default=str))
         # MLflow's model logging reads the global tracking URI; it is set for this call only,
         # so it cannot leak into the next sweep of this process.
         with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
@@ -124,6 +126,12 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Modu
     own `model:` callable is rebuilt by importing that callable: its module must be importable here
     (the registered `pt2` graph, `mlflow.pytorch.load_model`, needs no code of yours).
     """
+    return load_model_with_config(model_uri, tracking_uri)[0]
+
+
+def load_model_with_config(model_uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """`load_model`, and what was saved beside the weights: the trial's config, `num_classes`,
+    `input_shape` and `dataset` (the last absent from versions registered before it was saved)."""
     import contextlib
 
     import mlflow
@@ -137,10 +145,9 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Modu
         # download_artifacts), which follows the tracking URI: set it for this call only.
         with _use_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
             folder = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=staging)) / "extra_files"
-        config = json.loads((folder / CONFIG_FILE).read_text())
+        saved = json.loads((folder / CONFIG_FILE).read_text())
         state = load_file(str(folder / WEIGHTS_FILE))
-    ref, num_classes = config.pop("model", None), config.pop("num_classes", 10)
-    config.pop("input_shape", None)
-    model = build_model(TrainParams.from_config(config, ref), num_classes)
+    extras = {key: saved.pop(key) for key in ("model", "num_classes", "input_shape", "dataset") if key in saved}
+    model = build_model(TrainParams.from_config(saved, extras.get("model")), extras.get("num_classes", 10))
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval(), {**saved, **extras}

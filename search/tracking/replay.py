@@ -276,7 +276,7 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
             model = load_checkpoint_model(directory, trial_config, config.model)
     saved_config = {**trial_config, "model": config.model} if config.model else trial_config
     return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, saved_config,
-                            config.mlflow.registered_model or config.name, tags)
+                            config.mlflow.registered_model or config.name, tags, dataset=config.data.dataset)
 
 
 def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_uri: str | None,

@@ -257,3 +257,43 @@ def test_sync_mlflow_never_unpickles_what_a_run_folder_holds(smoke, base_env, tm
         assert child.data.tags["status"] == trial["status"]
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == [h["epoch"] for h in trial["history"]]
+
+
+def test_tune_predict_classifies_image_files_as_the_model_does(smoke, mnist_dir, tmp_path):
+    """PNG files of test digits, light on dark as in MNIST and inverted as on paper: `tune predict`
+    gives the classes the registered model gives the same digits in memory."""
+    from PIL import Image
+
+    from trainables.data import DATASETS
+
+    _, storage, _, _ = smoke
+    spec = DATASETS["mnist"]
+    data = load_data("mnist", mnist_dir, subset=2000, split_seed=0)
+    images = data.test.images[:12]
+    paths = []
+    for i, image in enumerate(images):
+        pixels = np.rint((image[0] * spec.std + spec.mean) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"digit{i}.png")
+        Image.fromarray(255 - pixels).resize((56, 56)).save(tmp_path / f"paper{i}.png")  # any size
+        paths += [str(tmp_path / f"digit{i}.png"), str(tmp_path / f"paper{i}.png")]
+    import os
+
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = run_cli(["predict", *paths, "--model", "models:/smoke@best", "--storage", str(storage), "--json"],
+                     env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout)
+    model = load_model("models:/smoke@best", tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.ascontiguousarray(images))).argmax(1).tolist()
+    assert [p["class"] for p in predictions[0::2]] == expected  # exactly the model's answers
+    agree = sum(p["class"] == e for p, e in zip(predictions[1::2], expected, strict=True))
+    assert agree >= 10  # inverted and resized 2×: the same digit, seen through one more resampling
+    assert all(abs(sum(t["probability"] for t in p["top"]) - 1) < 1 and len(p["top"]) == 3 for p in predictions)
+    text = run_cli(["predict", paths[0], "--model", "models:/smoke@best", "--storage", str(storage)], env,
+                   cwd=tmp_path)
+    assert text.returncode == 0 and text.stdout.startswith(f"{paths[0]}: {expected[0]} (p ")
+    missing = run_cli(["predict", str(tmp_path / "nope.png"), "--model", "models:/smoke@best", "--storage",
+                       str(storage)], env, cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.png: no such file" in missing.stderr
