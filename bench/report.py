@@ -161,11 +161,20 @@ def seed_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hours_between(a: str, b: str) -> float:
+    from datetime import datetime
+
+    def parse(d: str) -> datetime:
+        return datetime.strptime(d.removesuffix(" UTC"), "%Y-%m-%d %H:%M:%S")
+
+    return abs((parse(b) - parse(a)).total_seconds()) / 3600
+
+
 def seed_ablation_section(s: dict[str, Any]) -> list[str]:
     """The seed's experiments re-run with `tune ablate`: effect ± 95% CI and p beside the seed's numbers,
     with one sentence per experiment on what the evidence supports (read off the interval)."""
-    lines = ["| experiment | effect on | here: on − off (95% CI) | p | method | here: on / off (mean) "
-             "| the seed: on / off |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| experiment | effect on | here: on − off (95% CI) | p | method | test accuracy here: on / off (mean) "
+             "| the seed's: on / off |", "| --- | --- | --- | --- | --- | --- | --- |"]
     verdicts = []
     for name, entry in s["table"].items():
         on, off = entry["levels"]["true"], entry["levels"]["false"]
@@ -176,12 +185,12 @@ def seed_ablation_section(s: dict[str, Any]) -> list[str]:
                          f"{100 * on['seed']:.1f}% / {100 * off['seed']:.1f}% |")
         test = next(e for e in entry["effects"] if e["metric"] == "test_acc")
         if test["ci_low"] is not None and (test["ci_low"] > 0 or test["ci_high"] < 0):
-            verdicts.append(f"{name}: with {entry['switch']} on, test accuracy is {100 * test['mean']:+.3f} "
+            verdicts.append(f"- {name}: with {entry['switch']} on, test accuracy is {100 * test['mean']:+.3f} "
                             f"percentage points different, and the 95% interval ({_ci(test)}) excludes zero: "
                             f"the evidence supports an effect of this size here, far smaller than the seed's "
                             f"{100 * (on['seed'] - off['seed']):+.1f} pp.")
         else:
-            verdicts.append(f"{name}: the 95% interval of the effect on test accuracy ({_ci(test)}) includes zero: "
+            verdicts.append(f"- {name}: the 95% interval of the effect on test accuracy ({_ci(test)}) includes zero: "
                             f"{entry['seeds']} seeds show no effect of {entry['switch']} distinguishable from seed "
                             f"noise, where the seed reported {100 * (on['seed'] - off['seed']):+.1f} pp.")
     return [*lines, "", *verdicts]
@@ -197,7 +206,10 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
     any_result = next(iter(r.values()))
     m = any_result["machine"]
-    named = {k: v for k, v in r.items() if k in NAMED_ONLY}
+    first = min(v["date"] for v in r.values())
+    # Benchmarks run only when named, and any run on its own later (more than 12 hours after the
+    # first result), are dated separately: the header's range is that of the one full run.
+    named = {k: v for k, v in r.items() if k in NAMED_ONLY or _hours_between(first, v["date"]) > 12}
     dates = sorted(v["date"] for k, v in r.items() if k not in named)
     later = "".join(f" `python -m bench {scale} {k}` ran on its own on {v['date']}, on the same machine." for k, v
                     in named.items())
