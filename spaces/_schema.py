@@ -45,7 +45,7 @@ class Space(_Section):
     """What to search: each key a fixed value or a distribution.
 
     Keys beyond the seed's are a `model:` callable's own arguments (checked against its
-    signature when the file is loaded); without `model:` they are refused.
+    signature when the file is loaded) or a `trainable:`'s config; without either they are refused.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -278,8 +278,8 @@ def _check_space_keys(space: Space, model: str | None) -> None:
     for key in space.extra_keys():
         if model is None:
             known = ", ".join(type(space).model_fields)
-            raise ValueError(f"space.{key}: unknown key; expected one of: {known} (any other key is an "
-                             "argument of your own network: name its builder with `model: package.module:callable`)")
+            raise ValueError(f"space.{key}: unknown key; expected one of: {known} (any other key belongs to "
+                             "your own network, `model: package.module:callable`, or trainable, `trainable: …`)")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", key):
             raise ValueError(f"space.{key}: not a valid key (letters, digits and _, not starting with a digit)")
 
