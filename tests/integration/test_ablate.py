@@ -15,15 +15,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory, mnist_dir):
+def ablation(tmp_path_factory, mnist_dir, ray_head):
     folder = tmp_path_factory.mktemp("ablate")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     source = run_cli(["run", "quick", "--name", "quick-small", "--num-samples", "4", "--set", "epochs=2",
-                      "--set", "data.subset=600", "--set", "search.time_budget_s=null"], env, cwd=folder)
+                      "--set", "data.subset=600", "--set", "search.time_budget_s=null", "--address", ray_head.address],
+                    env, cwd=folder)
     assert source.returncode == 0, source.stderr[-3000:]
     result = run_cli(["ablate", "quick-small", "--factors", "batch_norm,skip", "--seeds", "3", "--epochs", "2",
-                      "--name", "ab", "--json"], env, cwd=folder)
+                      "--name", "ab", "--address", ray_head.address, "--json"], env, cwd=folder)
     return result, folder / "runs"
 
 

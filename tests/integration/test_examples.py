@@ -20,14 +20,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def wide_cnn(tmp_path_factory):
+def wide_cnn(tmp_path_factory, ray_head):
     require(Path(DATASETS["fashion-mnist"].system_dirs[0]).is_dir(),
             "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
     folder = tmp_path_factory.mktemp("elsewhere")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     result = run_cli(["run", str(REPO / "examples/wide_cnn/sweep.yaml"), "--name", "wide", "--num-samples", "4",
-                      "--set", "epochs=2", "--set", "data.subset=1200", "--json"], env, cwd=folder)
+                      "--set", "epochs=2", "--set", "data.subset=1200", "--address", ray_head.address, "--json"],
+                     env, cwd=folder)
     return result, folder / "runs"
 
 
@@ -67,12 +68,13 @@ def test_the_wide_cnn_example_lands_in_mlflow_and_registers_its_model(wide_cnn, 
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, ray_head):
     folder = tmp_path_factory.mktemp("digits")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     result = run_cli(["run", str(REPO / "examples/sklearn_digits/sweep.yaml"), "--name", "digits",
-                      "--num-samples", "8", "--json"], env, cwd=folder)
+                      "--num-samples", "8", "--set", "epochs=8", "--address", ray_head.address, "--json"], env,
+                     cwd=folder)
     return result, folder / "runs"
 
 
@@ -127,14 +129,15 @@ def train(config):
 """
 
 
-def test_a_trial_that_never_reports_the_metric_errors_and_the_sweep_finishes(tmp_path):
+def test_a_trial_that_never_reports_the_metric_errors_and_the_sweep_finishes(tmp_path, ray_head):
     (tmp_path / "reports_wrong.py").write_text(NEVER_REPORTS)
     (tmp_path / "sweep.yaml").write_text(
         "name: wrong-metric\ntrainable: reports_wrong:train\nmetric: score\nmode: max\nepochs: 2\n"
         "space:\n  good: {grid: [true, false]}\nsearch: {algorithm: grid, num_samples: 1}\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = run_cli(["run", str(tmp_path / "sweep.yaml"), "--name", "w", "--json"], env, cwd=tmp_path)
+    result = run_cli(["run", str(tmp_path / "sweep.yaml"), "--name", "w", "--address", ray_head.address, "--json"],
+                     env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["counts"] == {"completed": 1, "early_stopped": 0, "errored": 1, "unfinished": 0}
@@ -147,7 +150,7 @@ def test_a_trial_that_never_reports_the_metric_errors_and_the_sweep_finishes(tmp
     assert message in child.data.tags["error"] and child.info.status == "FAILED"
 
 
-def test_the_readmes_level_2_example_runs_as_written(tmp_path):
+def test_the_readmes_level_2_example_runs_as_written(tmp_path, ray_head):
     """The README's complete trainable and sweep file, copied out of the README, run as a user would."""
     import re
 
@@ -156,7 +159,8 @@ def test_the_readmes_level_2_example_runs_as_written(tmp_path):
     (tmp_path / "my_sweep.yaml").write_text(re.search(r"```yaml\n(# my_sweep\.yaml.*?)```", readme, re.S)[1])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = run_cli(["run", "my_sweep.yaml", "--num-samples", "4", "--json"], env, cwd=tmp_path)
+    result = run_cli(["run", "my_sweep.yaml", "--num-samples", "4", "--address", ray_head.address, "--json"], env,
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["sweep"] == "my_sweep" and payload["counts"]["errored"] == 0 and payload["best"]["score"] > 0.5

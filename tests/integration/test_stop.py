@@ -14,12 +14,13 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 
-def test_a_plateau_ends_the_sweep_and_the_parent_run_says_why(tmp_path, mnist_dir):
+def test_a_plateau_ends_the_sweep_and_the_parent_run_says_why(tmp_path, mnist_dir, ray_head):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     result = run_cli(["run", "smoke", "--name", "plateau", "--num-samples", "12", "--set", "epochs=2",
                       "--set", "data.subset=600", "--set", "scheduler.type=fifo",
-                      "--set", "search.stop={plateau: {patience: 2, min_delta: 1.0}}", "--json"], env, cwd=tmp_path)
+                      "--set", "search.stop={plateau: {patience: 2, min_delta: 1.0}}", "--address", ray_head.address,
+                      "--json"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["status"] == "finished" and payload["best"] is not None

@@ -20,11 +20,11 @@ SMALL = ["--num-samples", "4", "--set", "epochs=3", "--set", "data.subset=600"]
 START = "{lr: 0.002, batch_norm: false, skip: true, l2: 1.0e-4, dropout: 0.1, batch_size: 64}"
 
 
-def test_start_from_then_a_warm_started_sweep(tmp_path, mnist_dir):
+def test_start_from_then_a_warm_started_sweep(tmp_path, mnist_dir, ray_head):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    first = run_cli(["run", "smoke", "--name", "first", *SMALL, "--set", f"search.start_from=[{START}]", "--json"],
-                    env, cwd=tmp_path)
+    first = run_cli(["run", "smoke", "--name", "first", *SMALL, "--address", ray_head.address,
+                     "--set", f"search.start_from=[{START}]", "--json"], env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     earlier = json.loads(first.stdout)
     # The configuration to evaluate first ran first, exactly as given.
@@ -33,8 +33,8 @@ def test_start_from_then_a_warm_started_sweep(tmp_path, mnist_dir):
     assert study.trials[0].params == {"lr": 0.002, "batch_norm": False, "skip": True, "l2": 1.0e-4,
                                       "dropout": 0.1, "batch_size": 64}
 
-    second = run_cli(["run", "smoke", "--name", "second", *SMALL, "--warm-start", "first", "--json"], env,
-                     cwd=tmp_path)
+    second = run_cli(["run", "smoke", "--name", "second", *SMALL, "--address", ray_head.address,
+                      "--warm-start", "first", "--json"], env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     finished = [t for t in earlier["trials"] if t["status"] in ("completed", "early_stopped")]
     completed = sum(t["status"] == "completed" for t in finished)

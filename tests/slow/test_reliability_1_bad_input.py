@@ -44,7 +44,7 @@ FILE_CASES = {
     "num_samples_negative": ("search: {num_samples: -5}\n", "search.num_samples"),
     "gpu_fraction_above_1": ("resources: {gpu: 1.5}\n", "gpu is 1.5"),
     "unknown_dataset": ("data: {dataset: cifar10}\n", "data.dataset"),
-    "metric_on_test_set": ("metric: test_acc\n", "metric: Input should be"),
+    "metric_on_test_set": ("metric: test_acc\n", "metric: 'test_acc' is not one of val_loss"),
     "empty_file": ("", "is empty"),
     "alias_bomb": (ALIAS_BOMB, "YAML aliases (*name) are not allowed"),
     "python_tag": ("x: !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor"),
