@@ -157,7 +157,7 @@ class MlflowRecorder:
         self.children: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._started_ms: dict[str, int] = {}
-        self._last_epoch: dict[str, int] = {}
+        self._logged: dict[str, set[int]] = {}  # the epochs each trial's run holds
         self._ids: dict[str, Any] | None = None  # the ids file as read once, then kept in memory
 
     # --- ids kept beside the Tune experiment (for the next process) -----------
@@ -247,7 +247,7 @@ class MlflowRecorder:
     def ensure_child(self, trial_id: str) -> str:
         """The child run of `trial_id`: recorded, found under the parent, or created with its params."""
         if trial_id in self.children and self._active_run(self.children[trial_id]):
-            self._load_last_epoch(trial_id)
+            self._load_logged(trial_id)
             return self.children[trial_id]
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -262,15 +262,15 @@ class MlflowRecorder:
                       SWEEP_RUN_TAG: self.target.run_name, ROLE_TAG: "trial"})
             self.children[trial_id] = run.info.run_id
             self._log_params(run.info.run_id, self._configs.get(trial_id, {}))
-            self._last_epoch[trial_id] = 0
+            self._logged[trial_id] = set()
         self._save_ids()
-        self._load_last_epoch(trial_id)
+        self._load_logged(trial_id)
         return self.children[trial_id]
 
-    def _load_last_epoch(self, trial_id: str) -> None:
-        if trial_id not in self._last_epoch:
+    def _load_logged(self, trial_id: str) -> None:
+        if trial_id not in self._logged:
             history = self.client.get_metric_history(self.children[trial_id], "epoch")
-            self._last_epoch[trial_id] = max((int(m.step) for m in history), default=0)
+            self._logged[trial_id] = {int(m.step) for m in history}
 
     def log_epochs(self, trial_id: str, rows: Iterable[Mapping[str, Any]],
                    tags: Mapping[str, str] | None = None) -> int:
@@ -278,8 +278,10 @@ class MlflowRecorder:
         from mlflow.entities import Metric, RunTag
 
         run_id = self.children.get(trial_id) or self.ensure_child(trial_id)
-        self._load_last_epoch(trial_id)
-        fresh = [r for r in rows if int(r["epoch"]) > self._last_epoch[trial_id]]
+        self._load_logged(trial_id)
+        # Every epoch not logged yet, gaps included: an epoch Tune processed only while cleaning up
+        # after Ctrl-C reaches MLflow from the history when the run is resumed, after later epochs.
+        fresh = list({int(r["epoch"]): r for r in rows if int(r["epoch"]) not in self._logged[trial_id]}.values())
         metrics = [
             Metric(key, float(value), int(float(row.get("timestamp") or 0) * 1000), int(row["epoch"]))
             for row in fresh for key, value in row.items()
@@ -287,12 +289,13 @@ class MlflowRecorder:
         ]
         run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if fresh:
-            run_tags.append(RunTag("last_epoch", str(max(int(r["epoch"]) for r in fresh))))
+            last = max(self._logged[trial_id] | {int(r["epoch"]) for r in fresh})
+            run_tags.append(RunTag("last_epoch", str(last)))
         for start in range(0, max(len(metrics), 1), MAX_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH],
                                   tags=run_tags if start == 0 else [])
         if fresh:
-            self._last_epoch[trial_id] = max(int(r["epoch"]) for r in fresh)
+            self._logged[trial_id].update(int(r["epoch"]) for r in fresh)
         return len(fresh)
 
     def finish_child(self, trial_id: str, status: str, error: str | None = None,

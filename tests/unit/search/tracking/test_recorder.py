@@ -62,6 +62,23 @@ def test_epochs_logged_once_with_step_equal_to_epoch(store):
     assert client.get_run(recorder.children["t1"]).data.tags["last_epoch"] == "4"
 
 
+def test_an_epoch_missing_below_later_ones_is_filled_in(store):
+    """An epoch Tune processed only while cleaning up after Ctrl-C never reached the callback; the
+    resumed run logged later epochs first. The history replayed at the end fills the gap, once."""
+    target, experiment = store
+    first = MlflowRecorder(target, experiment)
+    first.attach_parent({}, {})
+    first.remember_config("t1", {})
+    assert first.log_epochs("t1", rows([2, 3])) == 2
+    second = MlflowRecorder(target, experiment)  # the resumed driver
+    second.attach_parent({}, {})
+    assert second.log_epochs("t1", rows([1, 2, 3, 4])) == 2
+    assert second.log_epochs("t1", rows([1, 2, 3, 4])) == 0
+    client, _ = runs(target)
+    assert [m.step for m in client.get_metric_history(first.children["t1"], "val_loss")] == [1, 2, 3, 4]
+    assert client.get_run(first.children["t1"]).data.tags["last_epoch"] == "4"
+
+
 def test_a_new_process_reattaches_and_continues_at_the_right_step(store):
     target, experiment = store
     first = MlflowRecorder(target, experiment)
