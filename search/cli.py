@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -185,11 +185,17 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
                          dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env,
                          warm_start=warm_start)
-    prepare_tracking()
     from search.commands.run import run_sweep
 
+    run_and_exit(lambda: run_sweep(config, options), as_json)
+
+
+def run_and_exit(start: Callable[[], Any], as_json: bool) -> None:
+    """Run a sweep (`start` returns its `SweepOutcome`) with the libraries set up; with `--json` its
+    payload is the only output on stdout; exit with its code."""
+    prepare_tracking()
     with stdout_to_stderr(as_json):
-        outcome = run_sweep(config, options)
+        outcome = start()
     if as_json:
         click.echo(json.dumps(outcome.payload, indent=2, default=str))
     sys.exit(outcome.exit_code)
@@ -237,12 +243,7 @@ def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_spec
         plan = plan.with_storage(storage or env.storage)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
                          dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env)
-    prepare_tracking()
-    with stdout_to_stderr(as_json):
-        outcome = run_ablation(plan, options)
-    if as_json:
-        click.echo(json.dumps(outcome.payload, indent=2, default=str))
-    sys.exit(outcome.exit_code)
+    run_and_exit(lambda: run_ablation(plan, options), as_json)
 
 
 @cli.command()

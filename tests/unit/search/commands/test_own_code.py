@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from search.cli import main
 from spaces import load_sweep
+from tests.unit.search.test_cli import run_main
 from trainables.train import TrainingRun, TrainParams, build_model
 
 MODEL = """
@@ -96,13 +96,6 @@ def project(tmp_path, monkeypatch):
         return str(tmp_path / "sweep.yaml")
 
     return sweep
-
-
-def run_main(args, capfd):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capfd.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.mark.parametrize("keys, expected", [
