@@ -437,8 +437,8 @@ def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payl
     if "batch_norm" in levels and "skip" in levels:
         budget = (payload.get("common_budget") or {}).get("epoch")
         print(f"\nbatch norm × skip (validation: trials_at_budget and mean_val_acc_at_budget at epoch {budget}, "
-              "the budget most trials reached; best_val_acc over each trial's best epoch; test_acc of each group's "
-              "best trial by validation):", file=out)
+              "the largest budget 8 trials reached; best_val_acc over each trial's best epoch; test_acc of each "
+              "group's best trial by validation):", file=out)
         print(ablation_table(trials, budget), file=out)
     for key, rows in levels.items():
         print(f"\nby {key} ({payload['metric']}: best and mean over the trials that ran the full budget):", file=out)
