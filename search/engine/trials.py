@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.names import STATUSES, UNFINISHED
 from search.report import TrialSummary, history_from_rows, rank_trials, summarize_trial
 from spaces import SweepConfig
 
@@ -81,7 +83,9 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
               if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")]
     if not states:
         return TrialsSnapshot([], 0)
-    newest = max(states, key=lambda info: (info.mtime_ns or 0, info.base_name))
+    # As Tune chooses (`_find_newest_experiment_checkpoint`): the newest driver session by the time in
+    # the name. A modification time can tie or lie on object stores that keep whole seconds.
+    newest = max(states, key=lambda info: info.base_name)
     summaries = []
     for state_json, metadata_json in _read_json(fs, newest.path)["trial_data"]:
         state, metadata = json.loads(state_json), json.loads(metadata_json)
@@ -117,6 +121,45 @@ def read_trials(experiment_uri: str, config: SweepConfig) -> TrialsSnapshot:
     return TrialsSnapshot(rank_trials(summaries, config.mode), unfinished)
 
 
+def recorded_trials(experiment_uri: str, results: Any) -> TrialsSnapshot | None:
+    """The trials of a finished run as the tool itself recorded them at its end (`results.json`):
+    config, status, history, error, test metrics. None for a run that did not finish (Tune's state is
+    then the record) or a file that does not hold trials.
+
+    Validated as data, nothing in it is run; a checkpoint it names is looked for in this run's own
+    folder only (the folder may have moved, and is not trusted to point elsewhere).
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    if not isinstance(results, dict) or results.get("status") != "finished" or not results.get("trials"):
+        return None
+    try:
+        trials = TypeAdapter(list[TrialSummary]).validate_python(results["trials"])
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{experiment_uri}/results.json: trials.{'.'.join(map(str, first['loc']))}: "
+                        f"{first['msg']}") from None
+    for trial in trials:
+        if trial.status not in STATUSES:
+            raise UserError(f"{experiment_uri}/results.json: trial {trial.trial_id} has the status "
+                            f"{trial.status!r}, not one of {', '.join(STATUSES)}")
+        trial.checkpoint = checkpoint_in_run(experiment_uri, trial.checkpoint)
+    return TrialsSnapshot(trials, sum(t.status == UNFINISHED for t in trials))
+
+
+def checkpoint_in_run(experiment_uri: str, recorded: Any) -> str | None:
+    """A checkpoint a run's files name (`…/<trial folder>/checkpoint_<n>`), found in the run folder at
+    `experiment_uri`, wherever it was when recorded; None when its name is not of that form."""
+    if not isinstance(recorded, str):
+        return None
+    trial_folder, _, name = recorded.rstrip("/").rpartition("/")
+    trial_folder = trial_folder.rpartition("/")[2]
+    if not _CHECKPOINT_NAME.fullmatch(name) or trial_folder in ("", ".", ".."):
+        return None
+    return f"{experiment_uri}/{trial_folder}/{name}"
+
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint_\d+")
 _MISSING = object()
 
 

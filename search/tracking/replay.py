@@ -291,7 +291,7 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     """
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
-    from search.engine.trials import read_trials
+    from search.engine.trials import checkpoint_in_run, read_trials, recorded_trials
     from search.tracking.recorder import default_tracking_uri, target_for
     from spaces import validate_sweep
 
@@ -315,9 +315,17 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
         raise UserError(f"{experiment_dir} names the tracking server {store}; replay there only by naming it "
                         f"yourself: --tracking-uri {store}")
     target = target_for(config, run_name, store, local_root(experiment))
-    snapshot = read_trials(experiment.uri, config)  # plain JSON: a run folder is not trusted to run code
+    # A finished run is replayed as the tool recorded it at its end; an interrupted one from Tune's last
+    # state (on cloud storage an older driver's state can still be the newest uploaded).
+    # Plain JSON either way: a run folder is not trusted to run code.
     results = experiment.read_json(RESULTS_FILE)
-    _restore_test_metrics(snapshot.trials, results)
+    snapshot = recorded_trials(experiment.uri, results)
+    if snapshot is None:
+        snapshot = read_trials(experiment.uri, config)
+        _restore_test_metrics(snapshot.trials, results)
+    if isinstance(results, dict) and isinstance(results.get("best"), dict):
+        best = results["best"]
+        best["checkpoint"] = checkpoint_in_run(experiment.uri, best.get("checkpoint"))
     end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {})
     return sync_sweep(config, experiment, target, snapshot, end, timeout_s=timeout_s)
 

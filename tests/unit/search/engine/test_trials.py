@@ -8,7 +8,7 @@ import re
 import pytest
 
 from core.errors import UserError
-from search.engine.trials import read_trials
+from search.engine.trials import checkpoint_in_run, read_trials, recorded_trials
 from spaces import load_sweep
 
 
@@ -50,3 +50,50 @@ def test_a_trial_folder_outside_the_run_is_refused(tmp_path):
     expected = "names the folder '../../elsewhere', which is not a folder of this run"
     with pytest.raises(UserError, match=re.escape(expected)):
         read_trials(str(folder), load_sweep("smoke"))
+
+
+def test_the_newest_state_is_chosen_by_its_session_time_not_its_file_time(tmp_path):
+    """A resumed driver writes a new state file; an object store's whole-second times can make the old one
+    look newer. Tune chooses by the time in the name, and so does the reader."""
+    import os
+
+    folder = run_folder(tmp_path, [("a", "TERMINATED", "t_a", 4, None)])
+    older = folder / "experiment_state-2026-11-29_09-00-00.json"
+    older.write_text(json.dumps({"trial_data": [[json.dumps({"trial_id": "old", "status": "ERROR",
+                                                             "relative_logdir": "t_a"}), json.dumps({})]]}))
+    os.utime(older, (2_000_000_000, 2_000_000_000))  # touched after the newer session's file
+    snapshot = read_trials(str(folder), load_sweep("smoke", values={"epochs": 4}))
+    assert [t.trial_id for t in snapshot.trials] == ["a"]
+
+
+def finished_results(checkpoint):
+    trial = {"trial_id": "a", "status": "completed", "config": {"lr": 0.01}, "epochs": 2, "best_epoch": 2,
+             "score": 0.1, "val_loss": 0.1, "val_acc": 0.97, "test_loss": 0.09, "test_acc": 0.975,
+             "checkpoint": checkpoint, "history": [{"epoch": 1, "val_loss": 0.2}, {"epoch": 2, "val_loss": 0.1}]}
+    return {"status": "finished", "trials": [trial]}
+
+
+def test_a_finished_run_is_read_as_the_tool_recorded_it_with_checkpoints_in_its_own_folder(tmp_path):
+    moved = str(tmp_path / "moved" / "run")
+    snapshot = recorded_trials(moved, finished_results("/old/place/run/t_a/checkpoint_000001"))
+    (trial,) = snapshot.trials
+    assert (trial.status, trial.test_acc, trial.history[1]) == ("completed", 0.975, {"epoch": 2, "val_loss": 0.1})
+    assert trial.checkpoint == f"{moved}/t_a/checkpoint_000001"
+    assert snapshot.unfinished == 0
+
+
+@pytest.mark.parametrize("named", ["/etc/passwd", "/run/../checkpoint_000001", "s3://b/run/t_a/../../x", 7])
+def test_a_checkpoint_that_is_not_a_trial_checkpoint_is_dropped(named):
+    assert checkpoint_in_run("s3://bucket/runs/r", named) is None
+
+
+def test_an_interrupted_run_is_not_read_from_its_results_and_a_malformed_one_is_one_line(tmp_path):
+    assert recorded_trials(str(tmp_path), {**finished_results(None), "status": "interrupted"}) is None
+    bad = finished_results(None)
+    bad["trials"][0]["history"] = [{"epoch": "one"}]
+    with pytest.raises(UserError, match=r"results.json: trials\.0\.history\.0\.epoch: Input should be a valid number"):
+        recorded_trials(str(tmp_path), bad)
+    bad = finished_results(None)
+    bad["trials"][0]["status"] = "RUNNING"
+    with pytest.raises(UserError, match="has the status 'RUNNING', not one of completed"):
+        recorded_trials(str(tmp_path), bad)
