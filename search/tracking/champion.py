@@ -28,6 +28,10 @@ def decide_champion(client, model_name: str, version: str, metric: str, mode: st
     from mlflow.exceptions import MlflowException
 
     candidate = client.get_model_version(model_name, version)
+    if metric not in candidate.tags:  # registered from a run folder without a measured score
+        current = _champion_version(client, model_name)
+        return Decision(False, current or "", f"version {version} carries no measured {metric}: it does not "
+                        "challenge the champion")
     score = float(candidate.tags[metric])
     try:
         incumbent = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
@@ -47,3 +51,12 @@ def decide_champion(client, model_name: str, version: str, metric: str, mode: st
         reason = f"version {version} is the first champion ({metric} {score:.6g})"
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     return Decision(True, str(version), reason)
+
+
+def _champion_version(client, model_name: str) -> str | None:  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None

@@ -48,6 +48,9 @@ class SweepEnd:
     tags: dict[str, str] = field(default_factory=dict)
     best_model: Any = None
     recorder: MlflowRecorder | None = None
+    # False when `results` was read back from a run folder (`tune sync-mlflow`): its scores are claims,
+    # so the best model is measured again before it is registered or challenges `champion`.
+    measured: bool = True
 
 
 def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
@@ -180,7 +183,7 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     if best and best.get("checkpoint"):
         client.set_tag(parent, "best_checkpoint", best["checkpoint"])
     if best and best.get("checkpoint") and version is None:
-        registered = _register_best(recorder, config, best, end.best_model)
+        registered = _register_best(recorder, config, best, end.best_model, end.measured)
         version = registered.version if registered else None
     if version is not None:
         client.set_tag(parent, "registered_model", model_name)
@@ -249,19 +252,28 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 
 def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str, Any],
-                   model: Any = None):  # type: ignore[no-untyped-def]
+                   model: Any = None, measured: bool = True):  # type: ignore[no-untyped-def]
     """Register the best trial's model: the one in memory, else the one in its checkpoint. A trainable
-    of the user's is registered when its checkpoint holds an MLflow model (`mlflow_model/`); else None."""
+    of the user's is registered when its checkpoint holds an MLflow model (`mlflow_model/`); else None.
+
+    Not `measured` (a replay of a run folder): the seed network's scores are measured again from its
+    checkpoint on the validation and test splits, and those are what the version carries; a user
+    trainable's version carries no scores, so it never challenges `champion`.
+    """
     from search.tracking.registry import log_and_register, register_saved_model
 
     tags = {"sweep_run": recorder.target.run_name, "trial_id": best["trial_id"],
             config.metric: best.get("score"), "val_acc": best.get("val_acc"),
             "test_acc": best.get("test_acc"), "test_loss": best.get("test_loss")}
-    if config.model and model is None:
-        log.warning("not registering the best model: rebuilding a `model:` network means importing the code "
-                    "its run folder names, which tune sync-mlflow never does (tune run registers it at its end)")
+    if (config.model or config.data.is_custom) and model is None:
+        log.warning("not registering the best model: rebuilding a `model:` network or loading a `data.dataset:` "
+                    "callable means importing the code its run folder names, which tune sync-mlflow never does "
+                    "(tune run registers it at its end)")
         return None
     if config.trainable:
+        if not measured:  # a user's own model: nothing here can measure it again
+            tags = {"sweep_run": tags["sweep_run"], "trial_id": tags["trial_id"],
+                    "scores": "not measured (replayed from a run folder)"}
         return register_saved_model(recorder.target.tracking_uri, recorder.parent_id, best["checkpoint"],
                                     config.mlflow.registered_model or config.name,
                                     {k: v for k, v in tags.items() if v is not None})
@@ -274,9 +286,43 @@ def _register_best(recorder: MlflowRecorder, config: SweepConfig, best: dict[str
 
         with tune.Checkpoint(best["checkpoint"]).as_directory() as directory:
             model = load_checkpoint_model(directory, trial_config, config.model)
+    if not measured:
+        measured_tags = _measure_again(config, model, best)
+        if measured_tags is None:
+            return None
+        tags.update(measured_tags)
     saved_config = {**trial_config, "model": config.model} if config.model else trial_config
     return log_and_register(recorder.target.tracking_uri, recorder.parent_id, model, saved_config,
-                            config.mlflow.registered_model or config.name, tags, dataset=config.data.dataset)
+                            config.mlflow.registered_model or config.name,
+                            {k: v for k, v in tags.items() if v is not None}, dataset=config.data.dataset)
+
+
+def _measure_again(config: SweepConfig, model: Any, best: dict[str, Any]) -> dict[str, float] | None:
+    """The best model's validation and test scores as its checkpoint gives them (not as results.json
+    says); None, with a warning, when the data cannot be loaded here."""
+    from core.errors import UserError
+    from trainables.data import load_data
+    from trainables.train import as_tensors, evaluate
+
+    try:
+        data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
+                         split_seed=config.data.split_seed)
+    except (UserError, OSError) as err:
+        log.warning("not registering the best model: its checkpoint must be measured again on %s, which is "
+                    "not available here (%s)", config.data.dataset, err)
+        return None
+    val_loss, val_acc = evaluate(model, as_tensors(data.val))
+    test_loss, test_acc = evaluate(model, as_tensors(data.test))
+    measured = {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+    for key, recorded in (("val_loss", best.get("val_loss")), ("val_acc", best.get("val_acc")),
+                          ("test_acc", best.get("test_acc"))):
+        if not isinstance(recorded, (int, float)) or abs(recorded - measured[key]) > 1e-4 * max(1.0, abs(recorded)):
+            log.warning("best trial %s: results.json says %s %s, its checkpoint measures %.6g; the registered "
+                        "version carries what was measured", best.get("trial_id"), key, recorded, measured[key])
+    tags: dict[str, float] = dict(measured)
+    if config.metric not in measured:  # a training score is not measured again: no champion challenge
+        tags[config.metric] = None  # type: ignore[assignment]
+    return tags
 
 
 def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_uri: str | None,
@@ -326,7 +372,7 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     if isinstance(results, dict) and isinstance(results.get("best"), dict):
         best = results["best"]
         best["checkpoint"] = checkpoint_in_run(experiment.uri, best.get("checkpoint"))
-    end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {})
+    end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {}, measured=False)
     return sync_sweep(config, experiment, target, snapshot, end, timeout_s=timeout_s)
 
 

@@ -200,6 +200,31 @@ def test_sync_mlflow_uploads_no_file_the_run_folder_names(smoke, base_env, tmp_p
     assert uploaded == {"sweep.json"}
 
 
+def test_sync_mlflow_registers_the_scores_a_checkpoint_measures_not_those_results_json_claims(
+        smoke, base_env, tmp_path):
+    """results.json is not trusted: the best model is measured again from its checkpoint (found in the
+    folder being replayed, wherever the run was) before it is registered with its scores."""
+    import shutil
+
+    _, _, experiment, payload = smoke
+    copy = tmp_path / "moved" / "smoke-test"
+    shutil.copytree(experiment, copy)
+    results = json.loads((copy / "results.json").read_text())
+    results["best"].update(val_loss=1e-06, val_acc=0.9999, test_acc=0.9999)
+    (copy / "results.json").write_text(json.dumps(results))
+    store = f"sqlite:///{tmp_path / 'replayed.db'}"
+    result = run_cli(["sync-mlflow", str(copy), "--tracking-uri", store], base_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "results.json says val_loss 1e-06, its checkpoint measures" in result.stderr
+    client = MlflowClient(store)
+    (version,) = client.search_model_versions("name = 'smoke'")
+    best = payload["best"]
+    assert float(version.tags["val_loss"]) == pytest.approx(best["val_loss"], abs=1e-5)
+    assert float(version.tags["test_acc"]) == pytest.approx(best["test_acc"], abs=1e-9)
+    parent = client.get_run(version.run_id)
+    assert parent.data.tags["best_checkpoint"].startswith(f"{copy}/")
+
+
 def test_sync_mlflow_refuses_to_switch_stores_silently(smoke, base_env):
     _, _, experiment, _ = smoke
     env = {**base_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/elsewhere"}

@@ -60,3 +60,14 @@ def test_deciding_twice_for_the_same_version_changes_nothing():
     decide_champion(registry, "m", "1", "val_loss", "min")
     again = decide_champion(registry, "m", "1", "val_loss", "min")
     assert not again.moved and "already the champion" in again.reason
+
+
+def test_a_version_without_a_measured_score_never_challenges():
+    """A user trainable's model replayed from a run folder is registered without scores (nothing here can
+    measure it); it must not become champion on a claim."""
+    registry = Registry({"1": 0.3, "2": 0.1})
+    decide_champion(registry, "m", "1", "val_loss", "min")
+    del registry.versions["2"].tags["val_loss"]
+    decision = decide_champion(registry, "m", "2", "val_loss", "min")
+    assert not decision.moved and registry.aliases[CHAMPION_ALIAS] == "1" and decision.champion_version == "1"
+    assert "carries no measured val_loss" in decision.reason
