@@ -12,10 +12,11 @@ from spaces._loader import (
     set_value,
     validate_sweep,
 )
-from spaces._schema import SweepConfig, check_name
+from spaces._schema import SECRET_URLS, SweepConfig, check_name
 
 __all__ = [
     "METRIC_MODES",
+    "SECRET_URLS",
     "SPACES_DIR",
     "Choice",
     "Grid",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.entrypoints import REF_PATTERN, REF_RULE, is_ref
 from core.errors import UserError
 from core.names import DATASET_NAMES, METRIC_MODES, MODEL_SWITCHES
+from core.urls import is_redacted, redact_uri
 from spaces._distributions import is_distribution, open_spec, param_spec
 
 BOOL_KINDS = ("choice", "grid")
@@ -83,6 +84,9 @@ class Stop(_Section):
 
     plateau: Plateau | None = None
     target: float | None = None
+
+
+SECRET_URLS = (("search", "storage"), ("mlflow", "tracking_uri"))  # may carry a password
 
 
 class Search(_Section):
@@ -217,11 +221,35 @@ class SweepConfig(_Section):
             d.grid_size() for d in self.searched().values()
         )
 
+    def dump(self) -> dict[str, Any]:
+        """The resolved sweep as JSON, with the password of any URL in it (an Optuna database, a
+        tracking server) as `***`: what is printed, logged or saved. A resume takes the password
+        from the sweep file it is given again (`with_secrets_of`)."""
+        dumped = self.model_dump(mode="json")
+        for section, key in SECRET_URLS:
+            if dumped[section].get(key):
+                dumped[section][key] = redact_uri(dumped[section][key])
+        return dumped
+
+    def with_secrets_of(self, given: SweepConfig) -> SweepConfig:
+        """This sweep (read back from a run folder, its passwords `***`) with the passwords of `given`
+        (the sweep this invocation was given) where the URLs are the same but for the password."""
+        updates: dict[str, Any] = {}
+        for section, key in SECRET_URLS:
+            saved, mine = getattr(getattr(self, section), key), getattr(getattr(given, section), key)
+            if not is_redacted(saved):
+                continue
+            if not mine or redact_uri(mine) != saved:
+                raise UserError(f"{section}.{key} of this run is {saved}: its password is not saved with the run; "
+                                "resume with the sweep file that names it: tune run FILE --resume")
+            updates[section] = getattr(self, section).model_copy(update={key: mine})
+        return self.model_copy(update=updates) if updates else self
+
     def document(self) -> dict[str, Any]:
         """The resolved sweep as saved beside a run (`sweep.json`), with the file it came from. With
         its own `model:` or `trainable:`, the space holds only the keys the file set: which of the
         seed's keys a trial gets depends on that (`space_entries`)."""
-        document = {**self.model_dump(mode="json"), "source": str(self.source) if self.source else None}
+        document = {**self.dump(), "source": str(self.source) if self.source else None}
         if self.model or self.trainable:
             document["space"] = self.space.model_dump(mode="json", exclude_unset=True)
         return document

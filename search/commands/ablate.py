@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.urls import is_redacted
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_OK, SweepOutcome, run_sweep
 from search.effects import ablation_effects, effects_table, forest_plot
@@ -84,6 +85,8 @@ def plan_ablation(source: str, factors: Sequence[str], seeds: int, *, epochs: in
         raise UserError(f"space.{searched[0]} is searched by {source_config.name}: fix it (--set "
                         f"{searched[0]}=VALUE) or make it a factor; an ablation varies only its factors and seeds")
     document = _ablation_document(base, fixed, chosen, seeds, epochs)
+    tracking_uri = source_config.mlflow.tracking_uri  # a run folder's has its password as *** (not saved)
+    document["mlflow"] = {"tracking_uri": None if is_redacted(tracking_uri) else tracking_uri}
     for override in overrides if run is not None else ():  # a sweep file had them applied already
         apply_override(document, override)
     config = validate_sweep(document, _source_path(base))
@@ -155,7 +158,6 @@ def _ablation_document(base: Mapping[str, Any], fixed: Mapping[str, Any], factor
         "search": {"algorithm": "grid", "num_samples": 1},
         "scheduler": {"type": "fifo"},
         "epochs": epochs or base.get("epochs", 10),
-        "mlflow": {"tracking_uri": (base.get("mlflow") or {}).get("tracking_uri")},
     })
     return document
 

@@ -75,7 +75,7 @@ def plan_text(config: SweepConfig) -> str:
     """The resolved sweep, trial count and epoch budget, for `--dry-run`."""
     trials = config.trial_count()
     budget = trials * config.epochs
-    lines = [yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), ""]
+    lines = [yaml.safe_dump(config.dump(), sort_keys=False).rstrip(), ""]
     lines.append(f"trials: {trials}")
     if config.scheduler.type == "asha":
         rungs = asha_rungs(config)
@@ -89,7 +89,7 @@ def plan_text(config: SweepConfig) -> str:
 def plan_payload(config: SweepConfig) -> dict[str, Any]:
     """`--dry-run --json`: the resolved sweep and its budget as one JSON document."""
     rungs = asha_rungs(config) if config.scheduler.type == "asha" else []
-    return {"dry_run": True, "sweep": config.model_dump(mode="json"), "trials": config.trial_count(),
+    return {"dry_run": True, "sweep": config.dump(), "trials": config.trial_count(),
             "max_epochs": config.trial_count() * config.epochs, "asha_rungs": rungs}
 
 
@@ -106,7 +106,7 @@ def prepare_run(config: SweepConfig, options: RunOptions) -> tuple[SweepConfig, 
         saved = experiment.read_json(SWEEP_FILE)
         if saved is None:
             raise UserError(f"nothing to resume at {experiment.uri}: it holds no {SWEEP_FILE}")
-        config = validate_sweep(saved, config.source)
+        config = validate_sweep(saved, config.source).with_secrets_of(config)
         saved_settings = RunSettings.from_json(experiment.read_json(RUN_FILE) or {})
         schedule = (saved_settings.tags if saved_settings else {}).get("schedule")
         if schedule and not options.tags.get("schedule"):  # by hand, not by the scheduler itself
@@ -278,6 +278,10 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data 
         print(f"resuming {experiment.uri}", file=sys.stderr)
         if experiment.is_remote:  # the study as of Tune's last snapshot, consistent with its state
             experiment.download(STUDY_FILE, journal)
+        if config.search.storage and "://" in config.search.storage:  # its password is not in Tune's state
+            from search.engine.optuna_bridge import PasswordFreeRDBStorage
+
+            PasswordFreeRDBStorage.remember(config.search.storage)
         return restore_tuner(config, trial_data, experiment.uri), None
     if options.resume:
         print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "

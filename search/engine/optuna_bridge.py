@@ -26,6 +26,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from core.names import COMPLETED, trial_status
+from core.urls import redact_uri
 from search.engine.storage import write_atomically
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,37 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
     if storage is None:
         return None
     if "://" in storage:
-        return optuna.storages.RDBStorage(storage)
+        return PasswordFreeRDBStorage(storage)
     from optuna.storages.journal import JournalFileBackend
 
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
+
+
+class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
+    """An Optuna database whose pickled state (Tune saves the searcher, study and storage with the run)
+    holds its URL with the password as `***`. Unpickled in a driver that opened the same database
+    (a resume opens the sweep's storage first), the password comes back from that driver's memory."""
+
+    _passwords: dict[str, str] = {}  # redacted URL -> URL, this process only  # noqa: RUF012
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        PasswordFreeRDBStorage._passwords[redact_uri(url)] = url
+
+    @classmethod
+    def remember(cls, url: str) -> None:
+        """Let a storage restored from a run's state connect to `url` (the same database)."""
+        cls._passwords[redact_uri(url)] = url
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["url"] = redact_uri(state["url"])
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        state = {**state, "url": self._passwords.get(state["url"], state["url"])}
+        super().__setstate__(state)
 
 
 WARM_START_ATTR = "warm_start_of"  # the user attribute of a trial added from an earlier run

@@ -15,13 +15,13 @@ import shlex
 import socket
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.urls import redact_uri
 from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
 from search.report import is_metric
 from spaces import SweepConfig, is_distribution
@@ -83,15 +83,6 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
         pass
     finally:
         partial.unlink(missing_ok=True)
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any password in it replaced by `***`, for messages."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 LAST_SWEEP_TAG = "last_sweep_run"

@@ -67,9 +67,29 @@ def parent_setup(config: SweepConfig, tags: dict[str, str], staging: Path
     resolved.write_text(_json(config.document()))
     artifacts = [(str(resolved), "sweep")]
     if config.source and Path(config.source).is_file():
-        artifacts.append((str(config.source), "sweep"))
+        artifacts.append((_without_passwords(config, Path(config.source), staging / "file"), "sweep"))
     artifacts += [(path, "code") for path in user_code_files(config)]
     return parent_tags, sweep_params(config), artifacts
+
+
+def _without_passwords(config: SweepConfig, source: Path, staging: Path) -> str:
+    """The sweep file to upload: itself, or a copy with the password of each URL it names as `***`."""
+    import urllib.parse
+
+    from core.urls import REDACTED
+    from spaces import SECRET_URLS
+
+    urls = [getattr(getattr(config, section), key) for section, key in SECRET_URLS]
+    passwords = [p for p in (urllib.parse.urlsplit(u).password for u in urls if u) if p and p != REDACTED]
+    text = source.read_text(errors="replace")
+    if not any(p in text for p in passwords):
+        return str(source)
+    for password in passwords:
+        text = text.replace(password, REDACTED)
+    staging.mkdir(exist_ok=True)
+    copy = staging / source.name
+    copy.write_text(text)
+    return str(copy)
 
 
 def user_code_files(config: SweepConfig) -> list[str]:

@@ -96,3 +96,12 @@ def test_a_deeply_nested_sweep_file_is_one_line(tmp_path, capfd):
     deep.write_text("name: deep\nepochs: " + "[" * 5000 + "]" * 5000 + "\n")
     code, _, err = run_main(["run", str(deep)], capfd)
     assert code == 2 and err == f"tune: error: {deep}: nested too deeply to be a sweep\n"
+
+
+def test_a_dry_run_never_prints_a_database_password(capfd):
+    code, out, err = run_main(["run", "smoke", "--dry-run", "--json", "--set",
+                               "search.storage=postgresql://optuna:db-secret-661@db.example/studies"], capfd)
+    assert code == 0 and "db-secret-661" not in out + err and "postgresql://optuna:***@db.example/studies" in out
+    code, out, err = run_main(["run", "smoke", "--dry-run", "--set",
+                               "search.storage=postgresql://optuna:db-secret-661@db.example/studies"], capfd)
+    assert code == 0 and "db-secret-661" not in out + err

@@ -147,3 +147,17 @@ def test_a_file_that_grows_while_read_stays_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "stat", stat_before_it_grew)
     with pytest.raises(UserError, match="grew past"):
         load_sweep(str(grown))
+
+
+def test_a_password_in_a_url_is_never_in_the_saved_sweep_and_a_resume_takes_it_from_the_file_given():
+    url = "postgresql://optuna:db-secret-661@db.example:5432/studies"
+    config = load_sweep("smoke", [f"search.storage={url}"])
+    saved = config.document()
+    assert "db-secret-661" not in str(saved) and "db-secret-661" not in str(config.dump())
+    assert saved["search"]["storage"] == "postgresql://optuna:***@db.example:5432/studies"
+    resumed = validate_sweep({k: v for k, v in saved.items() if k != "source"})
+    assert resumed.with_secrets_of(config).search.storage == url
+    for given in (load_sweep("smoke"), load_sweep("smoke", ["search.storage=postgresql://optuna:x@elsewhere/s"])):
+        with pytest.raises(UserError, match=r"search.storage of this run is postgresql://optuna:\*\*\*@db.example"
+                                            r":5432/studies: its password is not saved with the run; resume with"):
+            resumed.with_secrets_of(given)

@@ -117,3 +117,33 @@ def test_a_restored_searcher_keeps_the_best_value_so_far(tmp_path):
     restored.on_trial_complete("t", {"val_loss": 0.4, "epoch": 4})
     (trial,) = restored.study.trials
     assert trial.value == 0.2 and sorted(trial.intermediate_values) == [1, 2, 3, 4]
+
+
+def test_an_optuna_database_password_is_not_pickled_with_the_searcher(tmp_path, monkeypatch):
+    """Tune pickles the searcher, its study and storage into the run folder: the database URL goes there
+    with its password as ***, and a resuming driver that opened the same database connects with it."""
+    import pickle
+
+    import sqlalchemy
+
+    from search.engine.optuna_bridge import PasswordFreeRDBStorage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    full = "postgresql://optuna:db-secret-661@db.example:5432/studies"
+    storage.url = full  # as if opened on that database (no PostgreSQL here)
+    saved = pickle.dumps(storage)
+    assert b"db-secret-661" not in saved and b"postgresql://optuna:***@db.example:5432/studies" in saved
+
+    create_engine = sqlalchemy.engine.create_engine
+    connected: list[str] = []
+
+    def record(url, **kwargs):
+        connected.append(url)
+        return create_engine(f"sqlite:///{tmp_path / 'studies.db'}")
+
+    monkeypatch.setattr(sqlalchemy.engine, "create_engine", record)
+    monkeypatch.setattr(PasswordFreeRDBStorage, "_passwords", {})
+    pickle.loads(saved)  # a process that never opened it: the password is nowhere to be had
+    PasswordFreeRDBStorage.remember(full)  # what a resume does with the sweep file it is given again
+    pickle.loads(saved)
+    assert connected == ["postgresql://optuna:***@db.example:5432/studies", full]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -156,3 +157,21 @@ def test_sync_mlflow_does_not_let_a_run_folder_choose_a_tracking_server(tmp_path
 def test_an_optuna_database_password_is_not_logged_as_a_param():
     config = load_sweep("smoke", ["search.storage=postgresql://optuna:db-secret-661@db.example:5432/studies"])
     assert sweep_params(config)["search.storage"] == "postgresql://optuna:***@db.example:5432/studies"
+
+
+def test_the_sweep_file_is_uploaded_without_the_passwords_it_holds(tmp_path):
+    from search.tracking.replay import parent_setup
+
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("name: mine\nepochs: 1\nsearch:\n  storage: postgresql://optuna:db-secret-661@db.example/s\n")
+    config = load_sweep(str(sweep))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    _, params, artifacts = parent_setup(config, {}, staging)
+    uploaded = [path for path, _ in artifacts]
+    assert [p.rsplit("/", 1)[1] for p in uploaded] == ["sweep.json", "mine.yaml"]
+    for path in uploaded:
+        text = Path(path).read_text()
+        assert "db-secret-661" not in text and "optuna:***@db.example" in text
+    assert "db-secret-661" not in str(params)
+    assert "db-secret-661" in sweep.read_text()  # the user's own file is left alone
