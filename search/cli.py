@@ -264,10 +264,10 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     """Run SWEEP at every cron tick, one Optuna study across ticks, `champion` moved only when beaten."""
     from search.commands.schedule import ScheduleOptions, parse_cron
 
-    parse_cron(cron, tz)  # a bad expression is a one-line error before anything starts
+    env = Environment.read()
+    parse_cron(cron, tz, env.min_tick_interval_s)  # a bad expression is a one-line error before anything starts
     if once and (max_runs or catch_up):
         raise UserError("--once runs one tick; it takes no --max-runs or --catch-up")
-    env = Environment.read()
     config = load_run_config(sweep, overrides, flag_values(overrides, storage=storage), env)
     prepare_tracking()
     from search.commands.schedule import run_schedule

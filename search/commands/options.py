@@ -20,6 +20,7 @@ from search.tracking.recorder import default_tracking_uri
 STORAGE_ENV = "SWEEP_STORAGE"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+MIN_TICK_INTERVAL_ENV = "SWEEP_SCHEDULE_MIN_INTERVAL_S"  # tests and demos lower it below a minute
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
@@ -52,6 +53,7 @@ class Environment:
     tracking_uri: str | None = None  # MLFLOW_TRACKING_URI
     ray_address: str | None = None  # RAY_ADDRESS
     ray_auth_disabled: bool = False  # RAY_AUTH_MODE=disabled
+    min_tick_interval_s: float = 60.0  # SWEEP_SCHEDULE_MIN_INTERVAL_S: the closest two schedule ticks may be
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -59,7 +61,21 @@ class Environment:
         return cls(storage=env.get(STORAGE_ENV) or None,
                    tracking_uri=without_credentials(env.get(TRACKING_URI_ENV) or None),
                    ray_address=env.get(RAY_ADDRESS_ENV) or None,
-                   ray_auth_disabled=env.get(RAY_AUTH_MODE_ENV, "").lower() == "disabled")
+                   ray_auth_disabled=env.get(RAY_AUTH_MODE_ENV, "").lower() == "disabled",
+                   min_tick_interval_s=_seconds(env, MIN_TICK_INTERVAL_ENV, 60.0))
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name) or ""
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise UserError(f"{name}={text}: must be a number of seconds above 0")
+    return value
 
 
 def quiet_mlflow_http_retries() -> None:

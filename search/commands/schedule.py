@@ -9,6 +9,7 @@ tick. SIGTERM stops like Ctrl-C: the sweep is saved and the next start resumes t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -51,8 +52,9 @@ class ScheduleOptions:
     run: RunOptions = field(default_factory=RunOptions)  # every tick's `tune run` options (address, store, env)
 
 
-def parse_cron(expression: str, tz: str) -> tuple[str, bool, ZoneInfo]:
-    """Validate a 5-field cron expression, or 6 fields with seconds first; and the time zone."""
+def parse_cron(expression: str, tz: str, min_interval_s: float = 60.0) -> tuple[str, bool, ZoneInfo]:
+    """Validate a 5-field cron expression, or 6 fields with seconds first; and the time zone. Two
+    ticks are at least `min_interval_s` apart (a minute; SWEEP_SCHEDULE_MIN_INTERVAL_S lowers it)."""
     from croniter import croniter
 
     fields = expression.split()
@@ -63,6 +65,15 @@ def parse_cron(expression: str, tz: str) -> tuple[str, bool, ZoneInfo]:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise UserError(f"--timezone '{tz}': unknown time zone (e.g. UTC, Europe/Berlin)") from None
+    if with_seconds or min_interval_s > 60:  # five fields are a minute apart at least
+        # Every gap of a cron expression shows within its first 1,000 ticks unless it repeats less
+        # often than that, e.g. two seconds of one minute a day: 1,000 days, checked in milliseconds.
+        cron = croniter(expression, datetime(2026, 1, 1, tzinfo=zone), second_at_beginning=with_seconds)
+        ticks = [cron.get_next(float) for _ in range(1000)]
+        gap = min(b - a for a, b in itertools.pairwise(ticks))
+        if gap < min_interval_s:
+            raise UserError(f"--cron '{expression}': ticks {gap:g} s apart, but a schedule ticks at most once "
+                            f"every {min_interval_s:g} s (SWEEP_SCHEDULE_MIN_INTERVAL_S lowers that, for tests)")
     return expression, with_seconds, zone
 
 
@@ -70,7 +81,8 @@ class Schedule:
     """The cron ticks of one schedule and the state kept between them."""
 
     def __init__(self, config: SweepConfig, options: ScheduleOptions) -> None:
-        self.expression, self._seconds, self.zone = parse_cron(options.cron, options.timezone)
+        self.expression, self._seconds, self.zone = parse_cron(options.cron, options.timezone,
+                                                               options.run.env.min_tick_interval_s)
         self.config = config
         self.options = options
         storage = resolve_storage(config.storage)
@@ -97,13 +109,15 @@ class Schedule:
         """The latest tick at or before `at`."""
         return self._cron(at + _EPSILON).get_prev(datetime).astimezone(timezone.utc)
 
-    def ticks_between(self, after: datetime, until: datetime) -> list[datetime]:
-        ticks, cron = [], self._cron(after)
-        while (tick := cron.get_next(datetime).astimezone(timezone.utc)) <= until:
-            ticks.append(tick)
-            if len(ticks) > 10_000:
-                break
-        return ticks
+    def missed(self, after: datetime, until: datetime) -> TickRange | None:
+        """The ticks after `after` and at or before `until`, as a range (counted up to MAX_COUNTED)."""
+        first, last = self.next_tick(after), self.previous_tick(until)
+        if first > until:
+            return None
+        count, cron = 1, self._cron(first)
+        while count < MAX_COUNTED and cron.get_next(datetime).astimezone(timezone.utc) <= last:
+            count += 1
+        return TickRange(first, last, count)
 
     # --- the study -------------------------------------------------------------------
 
@@ -142,14 +156,40 @@ class Schedule:
         return None
 
     def last_tick(self) -> datetime | None:
-        ticks = self.read_state()["ticks"]
-        return _parse_tick(max(ticks)) if ticks else None
+        """The latest tick this schedule ran or skipped."""
+        state = self.read_state()
+        keys = [*state["ticks"], *(r["last"] for r in state.get("skipped", []))]
+        return _parse_tick(max(keys)) if keys else None
+
+    def write_skipped(self, ticks: TickRange, reason: str) -> None:
+        """Skipped ticks, one record per range (a scheduler down for a year at a tick a minute writes
+        one line, not half a million)."""
+        state = self.read_state()
+        state.setdefault("skipped", []).append({"first": ticks.first.strftime(TICK_FORMAT),
+                                                "last": ticks.last.strftime(TICK_FORMAT),
+                                                "count": ticks.count, "reason": reason,
+                                                **({"count_is_at_least": True} if ticks.count >= MAX_COUNTED else {})})
+        write_atomically(self.folder / STATE_FILE, json.dumps(state, indent=2).encode())
 
     def status_of(self, tick: datetime) -> str | None:
         return self.read_state()["ticks"].get(tick.strftime(TICK_FORMAT), {}).get("status")
 
     def run_name(self, tick: datetime) -> str:
         return f"{self.config.name}-{tick.strftime(TICK_FORMAT)}"
+
+
+MAX_COUNTED = 10_000  # skipped ticks counted one by one; more is reported as "at least"
+
+
+@dataclass(frozen=True)
+class TickRange:
+    first: datetime
+    last: datetime
+    count: int  # at most MAX_COUNTED
+
+    def __str__(self) -> str:
+        many = f"{'at least ' if self.count >= MAX_COUNTED else ''}{self.count:,} tick(s)"
+        return f"{many}, {self.first.isoformat()} … {self.last.isoformat()}"
 
 
 def _parse_tick(key: str) -> datetime:
@@ -236,27 +276,29 @@ def _handle_missed(schedule: Schedule, options: ScheduleOptions) -> None:
     last = schedule.last_tick()
     if last is None:
         return
-    missed = schedule.ticks_between(last, _now())
-    if not missed:
+    missed = schedule.missed(last, _now())
+    if missed is None:
         return
     if options.catch_up:
-        log.info("schedule %s: %d tick(s) missed since %s; catching up the latest only (%s)",
-                 schedule.config.name, len(missed), last.isoformat(), missed[-1].isoformat())
-        run_tick(schedule, missed[-1], options)
-        for tick in missed[:-1]:
-            schedule.write_tick(tick, status="skipped", reason="missed while down; caught up a later tick")
+        log.info("schedule %s: missed %s while down; catching up the latest only", schedule.config.name, missed)
+        if missed.count > 1:
+            before = schedule.previous_tick(missed.last - _EPSILON)
+            counted = missed.count if missed.count >= MAX_COUNTED else missed.count - 1
+            schedule.write_skipped(TickRange(missed.first, before, counted),
+                                   "missed while down; caught up a later tick")
+        run_tick(schedule, missed.last, options)
     else:
-        log.info("schedule %s: skipped %d tick(s) missed while down (%s … %s); --catch-up runs the latest",
-                 schedule.config.name, len(missed), missed[0].isoformat(), missed[-1].isoformat())
-        for tick in missed:
-            schedule.write_tick(tick, status="skipped", reason="missed while down")
+        log.info("schedule %s: skipped %s, missed while down; --catch-up runs the latest",
+                 schedule.config.name, missed)
+        schedule.write_skipped(missed, "missed while down")
 
 
 def _log_overlapped(schedule: Schedule, tick: datetime) -> None:
-    for skipped in schedule.ticks_between(tick, _now()):
-        log.info("schedule %s: skipped tick %s: the sweep of tick %s was still running",
-                 schedule.config.name, skipped.isoformat(), tick.isoformat())
-        schedule.write_tick(skipped, status="skipped", reason=f"overlapped tick {tick.isoformat()}")
+    skipped = schedule.missed(tick, _now())
+    if skipped is not None:
+        log.info("schedule %s: skipped %s: the sweep of tick %s was still running",
+                 schedule.config.name, skipped, tick.isoformat())
+        schedule.write_skipped(skipped, f"overlapped tick {tick.isoformat()}")
 
 
 def _sleep_until(moment: datetime) -> None:

@@ -127,7 +127,7 @@ def test_a_run_on_s3_resumes_without_its_name_and_keeps_its_study_there(s3_serve
 
 
 def test_a_schedule_on_s3_keeps_one_study_across_a_new_driver(s3_server, base_env, tmp_path, mnist_dir):
-    env = {**base_env, **s3_server.env}
+    env = {**base_env, **s3_server.env, "SWEEP_SCHEDULE_MIN_INTERVAL_S": "1"}  # ticks 2 s apart
     storage = s3_server.uri("nightly")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["schedule", "smoke", "--cron", "*/2 * * * * *", "--once", "--storage", storage, "--tracking-uri", store,

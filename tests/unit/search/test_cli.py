@@ -27,6 +27,7 @@ def run_main(args, capfd):
     (["train", "--epochs", "2", "--set", "epochs=3"], "--epochs and --set epochs=3 both set epochs"),
     (["schedule", "smoke", "--cron", "61 * * * *"], "--cron '61 * * * *': not a cron expression"),
     (["schedule", "smoke", "--cron", "0 * * * *", "--once", "--catch-up"], "--once runs one tick"),
+    (["schedule", "smoke", "--cron", "*/4 * * * * *"], "ticks 4 s apart, but a schedule ticks at most once every 60 s"),
     (["sync-mlflow", "/nonexistent/run"], "not a sweep run folder"),
     (["run", "smoke", "--name", "../../escape"], "--name '../../escape': not a valid name"),
     (["run", "smoke", "--name", "a/b"], "--name 'a/b': not a valid name"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -34,15 +35,54 @@ def test_ticks_follow_the_time_zone_across_daylight_saving(tmp_path):
 
 
 def test_six_fields_take_seconds_first(tmp_path):
-    every_30s = schedule(tmp_path, "*/30 * * * * *")
+    every_30s = schedule(tmp_path, "30 * * * * *")  # every minute at :30
     assert every_30s.next_tick(datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)) == datetime(2026, 1, 1, 0, 0, 30,
                                                                                         tzinfo=UTC)
 
 
 def test_missed_ticks_between_two_moments(tmp_path):
     hourly = schedule(tmp_path, "0 * * * *")
-    ticks = hourly.ticks_between(datetime(2026, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 1, 1, 3, 30, tzinfo=UTC))
-    assert [t.hour for t in ticks] == [1, 2, 3]
+    missed = hourly.missed(datetime(2026, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 1, 1, 3, 30, tzinfo=UTC))
+    assert (missed.first.hour, missed.last.hour, missed.count) == (1, 3, 3)
+    assert hourly.missed(datetime(2026, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 1, 1, 0, 59, tzinfo=UTC)) is None
+
+
+def test_a_year_of_missed_ticks_is_one_record_and_the_latest_is_caught_up(tmp_path, monkeypatch):
+    """A scheduler down for a year at a tick a minute: one line in state.json and in the log, found in
+    well under a second, and --catch-up runs only the latest tick."""
+    import json
+    import time
+
+    from search.commands import schedule as module
+
+    minutely = schedule(tmp_path, "* * * * *")
+    minutely.folder.mkdir(parents=True)
+    down = datetime(2025, 1, 1, 0, 0, tzinfo=UTC)
+    minutely.write_tick(down, status="finished")
+    now = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    monkeypatch.setattr(module, "_now", lambda: now)
+    ran = []
+    monkeypatch.setattr(module, "run_tick", lambda _schedule, tick, _options: ran.append(tick) or 0)
+    started = time.monotonic()
+    module._handle_missed(minutely, ScheduleOptions(cron="* * * * *", catch_up=True))
+    assert time.monotonic() - started < 5
+    assert ran == [datetime(2026, 1, 1, 0, 0, tzinfo=UTC)]
+    (record,) = json.loads((minutely.folder / "state.json").read_text())["skipped"]
+    assert record == {"first": "20250101T000100Z", "last": "20251231T235900Z", "count": 10_000,
+                      "reason": "missed while down; caught up a later tick", "count_is_at_least": True}
+    assert minutely.last_tick() == datetime(2025, 12, 31, 23, 59, tzinfo=UTC)  # the run tick is not in state here
+
+
+@pytest.mark.parametrize("cron, limit, expected", [
+    ("*/4 * * * * *", 60, "--cron '*/4 * * * * *': ticks 4 s apart, but a schedule ticks at most once every 60 s"),
+    ("0,1 0 2 * * *", 60, "ticks 1 s apart"),
+    ("*/5 * * * *", 600, "ticks 300 s apart, but a schedule ticks at most once every 600 s"),
+])
+def test_a_cron_faster_than_the_limit_is_refused(cron, limit, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
+        parse_cron(cron, "UTC", limit)
+    parse_cron("30 0 2 * * *", "UTC", 60)  # seconds, once a day
+    parse_cron("*/4 * * * * *", "UTC", 1)  # SWEEP_SCHEDULE_MIN_INTERVAL_S=1, as the tests set it
 
 
 @pytest.mark.parametrize("cron, tz, expected", [
