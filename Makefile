@@ -4,14 +4,30 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# On Linux without an NVIDIA driver, PyTorch's CPU-only wheel index (a few hundred MB instead of several GB of
+# CUDA wheels), when it answers; elsewhere, or where only the default package index is reachable, the default.
+TORCH_INDEX ?= $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && \
+  curl -fsS --max-time 5 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null && \
+  echo https://download.pytorch.org/whl/cpu)
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: install run test lint bench bench-full clean tune-command
 
 install: $(STAMP) tune-command
 
+# `make run` and `make install`: what the tool needs (and boto3, for `ray up` on AWS); `make test` adds the test tools.
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+	  echo "$(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); this project needs" \
+	       "3.10 or later (tested on 3.11): make PYTHON=python3.11 …" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(if $(TORCH_INDEX),@echo "no NVIDIA GPU: PyTorch's CPU-only build from $(TORCH_INDEX)")
+	$(PIP_INSTALL) -e '.[aws]'
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e '.[aws,dev]'
 	touch $@
 
 # Ray installs a `tune` command too, and whichever package was installed last owns .venv/bin/tune:
@@ -20,16 +36,16 @@ tune-command: $(STAMP)
 	@grep -q "from search.cli import main" $(BIN)/tune || { \
 	  echo "$(BIN)/tune is Ray's command (Ray was installed after this project); restoring ours" \
 	       "(python -m search always works)" >&2; \
-	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -c constraints.txt -e . ; }
+	  $(PIP_INSTALL) --no-deps --force-reinstall -e . ; }
 
 run: tune-command
 	$(BIN)/tune run quick
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
