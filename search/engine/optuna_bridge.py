@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from core.errors import UserError
 from core.names import COMPLETED, trial_status
 from core.urls import redact_uri
 from search.engine.storage import write_atomically
@@ -39,7 +40,12 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
     if storage is None:
         return None
     if "://" in storage:
-        return PasswordFreeRDBStorage(storage)
+        try:
+            return PasswordFreeRDBStorage(storage)
+        except ImportError as err:  # SQLAlchemy found no driver for the URL's database
+            extra = " -e '.[postgres]'" if storage.startswith("postgresql") else f" (the driver: {err})"
+            raise UserError(f"search.storage {redact_uri(storage)}: this database's driver is not installed: "
+                            f"pip install -c constraints.txt{extra}") from None
     from optuna.storages.journal import JournalFileBackend
 
     Path(storage).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from optuna.trial import TrialState
@@ -147,3 +148,15 @@ def test_an_optuna_database_password_is_not_pickled_with_the_searcher(tmp_path, 
     PasswordFreeRDBStorage.remember(full)  # what a resume does with the sweep file it is given again
     pickle.loads(saved)
     assert connected == ["postgresql://optuna:***@db.example:5432/studies", full]
+
+
+def test_a_database_without_its_driver_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    from core.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as when the "postgres" extra is not installed
+    with pytest.raises(UserError, match=re.escape(
+            "search.storage postgresql://optuna:***@127.0.0.1:1/studies: this database's driver is not installed: "
+            "pip install -c constraints.txt -e '.[postgres]'")):
+        open_storage("postgresql://optuna:secret@127.0.0.1:1/studies")
