@@ -41,7 +41,7 @@ tune-command: $(STAMP)
 run: tune-command
 	$(BIN)/tune run quick
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) tune-command
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
