@@ -49,6 +49,26 @@ def training_flop_per_sample(model: nn.Module) -> float:
     return macs * 2 * 3
 
 
+def relu_before_pool(model: nn.Module) -> None:
+    """Put each conv block back in the order conv, norm, ReLU, pool (the shipped one pools first)."""
+    for block in model.features[:2]:
+        block[2], block[3] = nn.ReLU(), nn.MaxPool2d(2)
+
+
+def pool_order_ab(data: Any, threads: int, rounds: int, epochs: int) -> dict[str, Any]:
+    """Pool-then-ReLU (shipped) against ReLU-then-pool (the seed's order) for bn+skip, alternated
+    A-B-A-B in one process so the machine's drift falls on both: samples/s per round and the median
+    ratio."""
+    params = TrainParams(batch_norm=True, skip=True, batch_size=BATCH)
+    shipped, written = [], []
+    for _ in range(rounds):
+        shipped.append(samples_per_second(data, params, threads, "baseline", epochs)["samples_per_s"])
+        written.append(samples_per_second(data, params, threads, "relu_before_pool", epochs)["samples_per_s"])
+    ratios = sorted(a / b for a, b in zip(shipped, written, strict=True))
+    return {"pool_then_relu": shipped, "relu_then_pool": written, "median_speedup": ratios[len(ratios) // 2],
+            "min_speedup": ratios[0], "max_speedup": ratios[-1]}
+
+
 def samples_per_second(data: Any, params: TrainParams, threads: int, variant: str, epochs: int) -> dict[str, float]:
     """Train `epochs` epochs (after a warm-up) and time them; evaluation timed separately."""
     torch.set_num_threads(threads)
@@ -59,6 +79,8 @@ def samples_per_second(data: Any, params: TrainParams, threads: int, variant: st
         images = images.contiguous(memory_format=torch.channels_last)
     if variant == "compile":
         model = torch.compile(model)
+    if variant == "relu_before_pool":  # the seed's written order, as shipped until 2026-11-29
+        relu_before_pool(model)
     optimizer = build_optimizer(model, params)
     generator = torch.Generator().manual_seed(0)
     warmup = (images[:BATCH * 20], labels[:BATCH * 20])
@@ -76,8 +98,10 @@ def samples_per_second(data: Any, params: TrainParams, threads: int, variant: st
 
 SETTINGS = {
     "smoke": {"subset": 600, "epochs": 1, "variants": ["baseline"], "threads": [1]},
-    "quick": {"subset": 12000, "epochs": 1, "variants": ["baseline", "channels_last"], "threads": [1, 2]},
-    "full": {"subset": None, "epochs": 2, "variants": ["baseline", "channels_last", "compile"], "threads": [1, 2]},
+    "quick": {"subset": 12000, "epochs": 1, "variants": ["baseline", "channels_last"], "threads": [1, 2],
+              "ab_rounds": 3},
+    "full": {"subset": None, "epochs": 2, "variants": ["baseline", "channels_last", "compile"], "threads": [1, 2],
+             "ab_rounds": 5},
 }
 
 
@@ -119,6 +143,12 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
                     progress(f"{key}: {measured['samples_per_s']:.0f} samples/s, "
                              f"{100 * measured['fraction_of_matmul']:.1f}% of matmul, "
                              f"eval {measured['eval_s']:.2f}s")
+    for threads in settings["threads"]:
+        if settings.get("ab_rounds"):
+            ab = pool_order_ab(data, threads, settings["ab_rounds"], epochs)
+            results[f"pool_order_ab_threads={threads}"] = ab
+            progress(f"{threads} thread(s): pool then ReLU / ReLU then pool = {ab['median_speedup']:.3f}× "
+                     f"(median of {settings['ab_rounds']} A-B rounds, {ab['min_speedup']:.3f}–{ab['max_speedup']:.3f})")
     results["profile_1_thread"] = profile_training_step(steps=5 if settings["subset"] == 600 else 30)
     progress("profile: " + ", ".join(f"{p['op']} {p['self_cpu_share']:.0%}" for p in results["profile_1_thread"][:5]))
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -66,3 +68,21 @@ def test_dropout_is_active_only_in_training():
     assert not torch.equal(model(images), model(images))
     model.eval()
     assert torch.equal(model(images), model(images))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_pooling_before_the_relu_gives_the_written_order_s_outputs_and_gradients(batch_norm):
+    """conv -> norm -> ReLU -> pool (the seed's order) and conv -> norm -> pool -> ReLU (computed) agree
+    exactly, forward and backward, so checkpoints and registered models of either order load in both."""
+    torch.manual_seed(0)
+    net = SeedNet(batch_norm=batch_norm, skip=True).train()
+    written = copy.deepcopy(net)
+    for block in written.features[:2]:
+        block[2], block[3] = nn.ReLU(), nn.MaxPool2d(2)  # back to conv, norm, ReLU, pool
+    images = torch.randn(16, 1, 28, 28)
+    for model in (net, written):
+        model(images).square().sum().backward()
+    assert torch.equal(net(images), written(images))
+    for (name, a), (_, b) in zip(net.named_parameters(), written.named_parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
+    assert list(net.state_dict()) == list(written.state_dict())
