@@ -152,9 +152,13 @@ class TrainingRun:
     """
 
     def __init__(
-        self, params: TrainParams, data: Data, device: torch.device | str = "cpu"
+        self, params: TrainParams, data: Data, device: torch.device | str = "cpu",
+        keep: tuple[str, str] = ("val_loss", "min"),
     ) -> None:
         self.params = params
+        # The weights kept (and checkpointed, and registered) are those of the best epoch by the sweep's
+        # metric: `keep` is that metric (one this loop reports) and its mode.
+        self.keep_metric, self.keep_mode = keep
         self.device = torch.device(device)
         self.num_classes = data.num_classes
         self.input_shape = tuple(int(n) for n in np.shape(data.train.images)[1:])
@@ -164,7 +168,7 @@ class TrainingRun:
         self.train_split = as_tensors(data.train, self.device)
         self.val_split = as_tensors(data.val, self.device)
         self.epoch = 0
-        self.best_val_loss = math.inf
+        self.best_score = math.inf if self.keep_mode == "min" else -math.inf
         self.best_weights = copy.deepcopy(self.model.state_dict())
 
     @property
@@ -180,20 +184,21 @@ class TrainingRun:
         )
         val_loss, val_acc = evaluate(self.model, self.val_split)
         self.epoch += 1
-        if val_loss < self.best_val_loss:
-            self.best_val_loss = val_loss
-            self.best_weights = copy.deepcopy(self.model.state_dict())
-        return {
+        metrics = {
             "epoch": self.epoch,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "epoch_seconds": time.perf_counter() - started,
         }
+        score = metrics[self.keep_metric]
+        if score < self.best_score if self.keep_mode == "min" else score > self.best_score:
+            self.best_score = score
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        return {**metrics, "epoch_seconds": time.perf_counter() - started}
 
     def best_model(self) -> nn.Module:
-        """A copy of the network with the weights of the lowest validation loss."""
+        """A copy of the network with the weights of its best epoch by the kept metric (`keep`)."""
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.best_weights)
         return model.eval()
@@ -204,7 +209,8 @@ class TrainingRun:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
-            "best_val_loss": self.best_val_loss,
+            "best_score": self.best_score,
+            "keep_metric": self.keep_metric,
             "best_weights": self.best_weights,
             "shuffle_rng": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -216,7 +222,8 @@ class TrainingRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.best_val_loss = float(state["best_val_loss"])
+        # A checkpoint written before the kept metric followed the sweep's has `best_val_loss`.
+        self.best_score = float(state["best_score"] if "best_score" in state else state["best_val_loss"])
         self.best_weights = state["best_weights"]
         self.generator.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])

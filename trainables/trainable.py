@@ -28,8 +28,9 @@ META_FILE = "meta.json"
 
 
 def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None = None,
-                model: str | None = None) -> None:
-    """Train one configuration, reporting metrics and a checkpoint after every epoch.
+                model: str | None = None, keep: tuple[str, str] = ("val_loss", "min")) -> None:
+    """Train one configuration, reporting metrics and a checkpoint after every epoch; the weights
+    kept are those of the best epoch by `keep` (the sweep's metric and mode).
 
     A restored trial continues from the checkpoint Tune hands over. When Tune has none
     although the trial wrote some (the driver died between a checkpoint and its next
@@ -42,7 +43,7 @@ def train_trial(config: dict[str, Any], data: Data, experiment_uri: str | None =
     params = TrainParams.from_config(config, model)
     device = _trial_device()
     torch.set_num_threads(_trial_threads())
-    run = TrainingRun(params, data, device)
+    run = TrainingRun(params, data, device, keep)
     history: list[dict[str, float]] = []
     restored = _restored_checkpoint(device, experiment_uri)
     if restored is not None:

@@ -58,7 +58,7 @@ def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool =
         from search.commands.run import check_model, model_check_text
 
         print(model_check_text(check_model(config, data)), file=err)
-    run = TrainingRun(params, data)
+    run = TrainingRun(params, data, keep=(config.metric, config.mode))
     history = []
     while not run.finished:
         with tqdm(total=len(data.train), unit="img", leave=False, file=err, disable=quiet,
@@ -68,9 +68,12 @@ def train_locally(config: SweepConfig, threads: int | None = None, quiet: bool =
         print(format_epoch(metrics, params.epochs), file=err)
     final = {**history[-1], **evaluate_on_test(run.best_model(), data.test)}
     print(f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f} "
-          f"(weights of the best val_loss, epoch {_best_epoch(history)})", file=err)
+          f"(weights of the best {config.metric}, epoch {_best_epoch(history, config.metric, config.mode)})",
+          file=err)
     return {"config": params.as_dict(), "dataset": data.name, "metrics": final, "history": history}
 
 
-def _best_epoch(history: list[dict[str, float]]) -> int:
-    return int(min(history, key=lambda m: m["val_loss"])["epoch"])
+def _best_epoch(history: list[dict[str, float]], metric: str, mode: str) -> int:
+    """The first epoch with the best `metric` (the one whose weights were kept)."""
+    choose = min if mode == "min" else max
+    return int(choose(history, key=lambda m: m[metric])["epoch"])

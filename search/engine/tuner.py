@@ -105,7 +105,8 @@ def build_trainable(config: SweepConfig, data: Data | None, experiment_uri: str)
 
         trainable = tune.with_parameters(run_user_trainable, ref=config.trainable, metric=config.metric)
     else:
-        trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri, model=config.model)
+        trainable = tune.with_parameters(train_trial, data=data, experiment_uri=experiment_uri, model=config.model,
+                                         keep=(config.metric, config.mode))
     return tune.with_resources(trainable, resources)
 
 

@@ -55,7 +55,7 @@ def test_resuming_from_a_state_dict_continues_exactly(small_data):
 def test_test_metrics_come_from_the_best_validation_weights(small_data):
     run, history = run_epochs(small_data, PARAMS, 3)
     best = min(history, key=lambda m: m["val_loss"])
-    assert run.best_val_loss == best["val_loss"]
+    assert run.best_score == best["val_loss"]
     model = run.best_model()
     for key, value in run.best_weights.items():
         assert torch.equal(model.state_dict()[key], value)
@@ -65,6 +65,35 @@ def test_test_metrics_come_from_the_best_validation_weights(small_data):
     checkpointed.load_state_dict(run.state_dict()["best_weights"])
     loss, accuracy = evaluate(checkpointed, as_tensors(small_data.test))
     assert reported == {"test_loss": loss, "test_acc": accuracy}
+
+
+@pytest.mark.parametrize("keep, kept_epoch", [(("val_loss", "min"), 2), (("val_acc", "max"), 3)])
+def test_the_kept_weights_follow_the_sweep_s_metric(small_data, monkeypatch, keep, kept_epoch):
+    """With `metric: val_acc` the checkpoint holds the epoch of the best val_acc, not of the lowest val_loss."""
+    import trainables.train as train
+
+    scores = iter([(0.5, 0.80), (0.4, 0.85), (0.45, 0.90)])  # val_loss is best at 2, val_acc at 3
+    monkeypatch.setattr(train, "evaluate", lambda model, split: next(scores))
+    run = TrainingRun(PARAMS, small_data, keep=keep)
+    weights = []
+    for _ in range(3):
+        run.run_epoch()
+        weights.append(copy.deepcopy(run.model.state_dict()))
+    assert all(torch.equal(run.best_weights[k], v) for k, v in weights[kept_epoch - 1].items())
+    assert run.best_score == {"val_loss": 0.4, "val_acc": 0.90}[keep[0]]
+    resumed = TrainingRun(PARAMS, small_data, keep=keep)
+    resumed.load_state_dict(copy.deepcopy(run.state_dict()))
+    assert resumed.best_score == run.best_score
+
+
+def test_a_checkpoint_from_before_the_kept_metric_was_saved_still_resumes(small_data):
+    run, _ = run_epochs(small_data, PARAMS, 1)
+    state = copy.deepcopy(run.state_dict())
+    state["best_val_loss"] = state.pop("best_score")
+    del state["keep_metric"]
+    resumed = TrainingRun(PARAMS, small_data)
+    resumed.load_state_dict(state)
+    assert resumed.best_score == run.best_score and resumed.epoch == 1
 
 
 def test_a_training_run_never_holds_the_test_split(small_data):
