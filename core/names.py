@@ -7,9 +7,17 @@ schema, the training parameters and the data loader in step with them.
 from __future__ import annotations
 
 # Keys of a trial's configuration that a sweep file's `space` may set (the seed's switches first).
-SPACE_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed")
+SPACE_KEYS = ("batch_norm", "skip", "lr", "l2", "dropout", "batch_size", "seed", "optimizer", "lr_schedule",
+              "augment")
 MODEL_SWITCHES = ("batch_norm", "skip", "dropout")  # the seed network's; a `model:` callable may take them
-LOOP_KEYS = ("lr", "l2", "batch_size", "seed")  # the training loop's, whatever the model
+# the training loop's, whatever the model
+LOOP_KEYS = ("lr", "l2", "batch_size", "seed", "optimizer", "lr_schedule", "augment")
+# Shown in a trial's config (MLflow params, reports) only where a sweep sets them: at their defaults
+# (adam, constant, none) a sweep trains as the seed did, and its records look as they did.
+OPTIONAL_LOOP_KEYS = ("optimizer", "lr_schedule", "augment")
+OPTIMIZERS = ("adam", "adamw", "sgd")  # adam: L2 coupled (the seed's); adamw: decoupled decay; sgd: momentum 0.9
+LR_SCHEDULES = ("constant", "cosine", "onecycle")  # cosine and onecycle step every batch
+AUGMENTS = ("none", "shift")  # shift: each training image moved by up to 2 pixels each way
 EPOCHS = "epoch"  # the time attribute of every report (ASHA's rungs, MLflow's step)
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
 TEST_METRICS = ("test_loss", "test_acc")

@@ -11,13 +11,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.entrypoints import REF_PATTERN, REF_RULE, is_ref
 from core.errors import UserError
-from core.names import DATASET_NAMES, METRIC_MODES, MODEL_SWITCHES
+from core.names import (
+    AUGMENTS,
+    DATASET_NAMES,
+    LR_SCHEDULES,
+    METRIC_MODES,
+    MODEL_SWITCHES,
+    OPTIMIZERS,
+    OPTIONAL_LOOP_KEYS,
+)
 from core.urls import is_redacted, redact_uri
 from spaces._distributions import is_distribution, open_spec, param_spec
 
 BOOL_KINDS = ("choice", "grid")
 FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
 INT_KINDS = ("choice", "grid", "int")
+STR_KINDS = ("choice", "grid")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, _ . or -, starting with a letter or digit"
 MAX_TRIALS = 100_000  # grid combinations × num_samples; a larger sweep is a typo, not a plan
@@ -36,6 +45,9 @@ L2 = Annotated[float, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 BatchSize = Annotated[int, Field(ge=2, le=60000)]
 Seed = Annotated[int, Field(ge=0)]
+Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+LrSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
+Augment = Literal[AUGMENTS]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -59,6 +71,9 @@ class Space(_Section):
     dropout: param_spec(Dropout, FLOAT_KINDS) = 0.0
     batch_size: param_spec(BatchSize, INT_KINDS) = 128
     seed: param_spec(Seed, INT_KINDS) = 0
+    optimizer: param_spec(Optimizer, STR_KINDS) = "adam"
+    lr_schedule: param_spec(LrSchedule, STR_KINDS) = "constant"
+    augment: param_spec(Augment, STR_KINDS) = "none"
 
     def searched(self) -> dict[str, Any]:
         """The entries that are distributions, by key."""
@@ -252,6 +267,9 @@ class SweepConfig(_Section):
         document = {**self.dump(), "source": str(self.source) if self.source else None}
         if self.model or self.trainable:
             document["space"] = self.space.model_dump(mode="json", exclude_unset=True)
+        else:  # the loop's optional keys only where set: a resume rebuilds the same trials (space_entries)
+            hidden = set(OPTIONAL_LOOP_KEYS) - self.space.model_fields_set
+            document["space"] = {k: v for k, v in document["space"].items() if k not in hidden}
         return document
 
     @property
@@ -262,16 +280,18 @@ class SweepConfig(_Section):
         return "training_iteration" if self.trainable else "epoch"
 
     def space_entries(self) -> dict[str, Any]:
-        """The space as trials get it. With a `model:` callable the seed's model switches
-        (batch_norm, skip, dropout) are included only where the sweep file sets them."""
+        """The space as trials get it. The loop's optional keys (optimizer, lr_schedule, augment) are
+        included only where the sweep file sets them (a sweep that does not, trains, logs and reports
+        exactly as before they existed); with a `model:` callable, so are the seed's model switches
+        (batch_norm, skip, dropout)."""
         entries = self.space.entries()
+        chosen = {*self.space.model_fields_set, *self.space.extra_keys()}
         if self.trainable is not None:  # its config holds exactly what the file sets
-            chosen = {*self.space.model_fields_set, *self.space.extra_keys()}
             return {k: v for k, v in entries.items() if k in chosen}
-        if self.model is None:
-            return entries
-        unset = set(MODEL_SWITCHES) - self.space.model_fields_set
-        return {k: v for k, v in entries.items() if k not in unset}
+        hidden = set(OPTIONAL_LOOP_KEYS) - chosen
+        if self.model is not None:
+            hidden |= set(MODEL_SWITCHES) - chosen
+        return {k: v for k, v in entries.items() if k not in hidden}
 
     def searched(self) -> dict[str, Any]:
         """The searched entries of `space_entries()`, by key."""

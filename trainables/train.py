@@ -14,9 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.names import AUGMENTS, LR_SCHEDULES, OPTIMIZERS
 from trainables.data import Data, Split
 from trainables.model import NUM_CLASSES, SeedNet
 
+SHIFT = 2  # augment: shift moves each training image by up to this many pixels, each way
+SGD_MOMENTUM = 0.9
 EVAL_BATCH_SIZE = 256  # activations stay in L2: 1.5x faster than 1000 on a 1-thread CPU (bench/throughput.py)
 
 
@@ -32,6 +35,9 @@ class TrainParams:
     batch_size: int = 128
     epochs: int = 10
     seed: int = 0
+    optimizer: str = "adam"  # adam (L2 coupled, the seed's) | adamw (decoupled weight decay) | sgd (momentum 0.9)
+    lr_schedule: str = "constant"  # constant | cosine (to 0) | onecycle (up to lr, then down): stepped per batch
+    augment: str = "none"  # none | shift: training images moved by up to SHIFT pixels, validation/test never
     model: str | None = None  # `package.module:callable` building the network; None: the seed network
     model_args: tuple[tuple[str, Any], ...] = ()  # with `model`: the trial's config, by key
 
@@ -39,7 +45,7 @@ class TrainParams:
     def from_config(cls, config: Mapping[str, Any], model: str | None = None) -> TrainParams:
         """Build from a Tune config dict, converting each value to its field's type. With a
         `model` callable, every key of the config is also kept for it (`model_args`)."""
-        casts = {"bool": bool, "float": float, "int": int}
+        casts = {"bool": bool, "float": float, "int": int, "str": str}
         names = {f.name: f.type for f in fields(cls) if f.type in casts}
         unknown = set(config) - set(names)
         if unknown and model is None:
@@ -47,6 +53,11 @@ class TrainParams:
         known = {k: casts[names[k]](v) for k, v in config.items() if k in names}
         args = tuple(sorted((k, v) for k, v in config.items() if k != "epochs")) if model else ()
         return cls(**known, model=model, model_args=args)
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} is {getattr(self, key)!r}, not one of {', '.join(allowed)}")
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration by key (a custom model's own keys included)."""
@@ -62,8 +73,11 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     progress: Callable[[int], None] | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    augment: str = "none",
 ) -> tuple[float, float]:
-    """One pass over a freshly shuffled training set; returns (mean loss, accuracy)."""
+    """One pass over a freshly shuffled training set; returns (mean loss, accuracy). A learning-rate
+    `schedule` steps after every batch; `augment="shift"` moves each training image (`shift_batch`)."""
     images, labels = split
     model.train()
     order = torch.randperm(len(labels), generator=generator).to(labels.device)
@@ -74,11 +88,14 @@ def train_epoch(
         batch = order[start : start + batch_size]
         if len(batch) < 2:  # batch norm cannot train on a single sample
             continue
-        logits = model(images[batch])
+        inputs = images[batch] if augment == "none" else shift_batch(images[batch], generator)
+        logits = model(inputs)
         loss = nn.functional.cross_entropy(logits, labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         # Accumulate on the device; one host sync per epoch, not per batch.
         loss_sum += loss.detach() * len(batch)
         correct += (logits.detach().argmax(1) == labels[batch]).sum()
@@ -86,6 +103,19 @@ def train_epoch(
         if progress is not None:
             progress(len(batch))
     return loss_sum.item() / seen, correct.item() / seen
+
+
+def shift_batch(images: torch.Tensor, generator: torch.Generator, shift: int = SHIFT) -> torch.Tensor:
+    """Each image moved by its own random offset of up to `shift` pixels in each direction, the border
+    repeated (the background of a digit), in a few tensor operations for the whole batch."""
+    n, channels, height, width = images.shape
+    padded = nn.functional.pad(images, (shift, shift, shift, shift), mode="replicate")
+    offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).to(images.device)
+    rows = torch.arange(height, device=images.device)[None, :] + offsets[0][:, None]  # n × H
+    cols = torch.arange(width, device=images.device)[None, :] + offsets[1][:, None]  # n × W
+    samples = torch.arange(n, device=images.device)[:, None, None, None]
+    planes = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[samples, planes, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 @torch.inference_mode()
@@ -133,15 +163,36 @@ def build_model(params: TrainParams, num_classes: int = NUM_CLASSES) -> nn.Modul
     return network
 
 
-def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Adam:
-    """Adam with L2 as coupled weight decay.
+def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """The trial's optimizer, with `l2` as its weight decay.
 
-    `weight_decay` adds `l2 * w` to each gradient before Adam's moment estimates,
-    which is the gradient of the seed's explicit penalty `l2/2 * ||w||^2`; it is
-    not AdamW's decoupled decay.
+    `adam` (the seed's): `weight_decay` adds `l2 * w` to each gradient before Adam's moment
+    estimates, the gradient of the explicit penalty `l2/2 * ||w||^2` (coupled L2). `adamw`: the
+    decay is applied to the weights directly, outside the moment estimates (decoupled; a different
+    scale of `l2` works best). `sgd`: momentum 0.9, coupled L2.
     """
-    # The fused kernel does the whole update in one pass: about 10% faster per step on the CPU.
-    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.l2, fused=True)
+    # The fused kernels do the whole update in one pass: about 10% faster per step on the CPU.
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=SGD_MOMENTUM, weight_decay=params.l2)
+    kind = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=params.lr, weight_decay=params.l2, fused=True)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule over the whole run, stepped after every batch; None for constant."""
+    total = max(1, params.epochs * steps_per_epoch)
+    if params.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if params.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
+    return None
+
+
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """The optimizer steps of one epoch (`train_epoch` skips a last batch of one sample)."""
+    full, rest = divmod(samples, batch_size)
+    return full + (1 if rest >= 2 else 0)
 
 
 class TrainingRun:
@@ -164,6 +215,7 @@ class TrainingRun:
         self.input_shape = tuple(int(n) for n in np.shape(data.train.images)[1:])
         self.model = build_model(params, self.num_classes).to(self.device)
         self.optimizer = build_optimizer(self.model, params)
+        self.schedule = build_schedule(self.optimizer, params, steps_per_epoch(len(data.train), params.batch_size))
         self.generator = torch.Generator().manual_seed(params.seed)
         self.train_split = as_tensors(data.train, self.device)
         self.val_split = as_tensors(data.val, self.device)
@@ -180,7 +232,7 @@ class TrainingRun:
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(
             self.model, self.optimizer, self.train_split, self.params.batch_size,
-            self.generator, progress,
+            self.generator, progress, self.schedule, self.params.augment,
         )
         val_loss, val_acc = evaluate(self.model, self.val_split)
         self.epoch += 1
@@ -208,6 +260,7 @@ class TrainingRun:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **({"lr_schedule": self.schedule.state_dict()} if self.schedule is not None else {}),
             "epoch": self.epoch,
             "best_score": self.best_score,
             "keep_metric": self.keep_metric,
@@ -221,6 +274,8 @@ class TrainingRun:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:  # the same learning-rate curve, continued where it stopped
+            self.schedule.load_state_dict(state["lr_schedule"])
         self.epoch = int(state["epoch"])
         # A checkpoint written before the kept metric followed the sweep's has `best_val_loss`.
         self.best_score = float(state["best_score"] if "best_score" in state else state["best_val_loss"])

@@ -15,6 +15,7 @@ from trainables.train import (
     build_optimizer,
     evaluate,
     evaluate_on_test,
+    steps_per_epoch,
 )
 
 PARAMS = TrainParams(batch_norm=True, skip=True, lr=2e-3, batch_size=64, epochs=2, dropout=0.2, seed=3)
@@ -115,3 +116,51 @@ def test_params_from_a_tune_config_are_typed_and_checked():
     assert (params.lr, params.batch_size, params.batch_norm) == (0.01, 64, False)
     with pytest.raises(TypeError, match="unknown config keys"):
         TrainParams.from_config({"learning_rate": 0.1})
+
+
+def test_shift_moves_each_image_by_at_most_two_pixels_with_the_border_repeated():
+    from trainables.train import shift_batch
+
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    images = (rows * 100 + cols).expand(64, 1, 28, 28).contiguous()  # each pixel names its position
+    shifted = shift_batch(images, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    offsets = set()
+    for image in shifted[:, 0]:
+        dy, dx = int(image[14, 14] // 100) - 14, int(image[14, 14] % 100) - 14
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        expected = images[0, 0, (torch.arange(28) + dy).clamp(0, 27)][:, (torch.arange(28) + dx).clamp(0, 27)]
+        assert torch.equal(image, expected)  # moved whole, the edge row/column repeated
+        offsets.add((dy, dx))
+    assert len(offsets) > 10  # each image its own offset, not one for the batch
+
+
+@pytest.mark.parametrize("optimizer, kind, decoupled", [("adam", torch.optim.Adam, False),
+                                                         ("adamw", torch.optim.AdamW, True),
+                                                         ("sgd", torch.optim.SGD, False)])
+def test_the_optimizer_key_builds_that_optimizer_with_l2_as_its_weight_decay(optimizer, kind, decoupled):
+    params = TrainParams(optimizer=optimizer, l2=1e-4, lr=0.01)
+    built = build_optimizer(build_model(params), params)
+    assert type(built) is kind and built.defaults["weight_decay"] == 1e-4
+    assert built.defaults.get("momentum", 0.9) == 0.9
+    assert (type(built) is torch.optim.AdamW) == decoupled
+
+
+def test_a_learning_rate_schedule_steps_every_batch_and_resumes_on_the_same_curve(small_data):
+    params = TrainParams(**{**PARAMS.as_dict(), "epochs": 2, "optimizer": "adamw", "lr_schedule": "onecycle",
+                            "augment": "shift"})
+    straight, metrics = run_epochs(small_data, params, 2)
+    interrupted, _ = run_epochs(small_data, params, 1)
+    steps = steps_per_epoch(len(small_data.train), params.batch_size)
+    assert interrupted.schedule.last_epoch == steps  # one step per batch
+    assert interrupted.optimizer.param_groups[0]["lr"] > params.lr / 25  # warmed up from max_lr / 25
+    state = copy.deepcopy(interrupted.state_dict())
+    resumed = TrainingRun(params, small_data)
+    resumed.load_state_dict(state)
+    assert without_time([resumed.run_epoch()]) == without_time(metrics[1:])
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_unknown_loop_values_are_refused():
+    with pytest.raises(ValueError, match="optimizer is 'rmsprop', not one of adam, adamw, sgd"):
+        TrainParams(optimizer="rmsprop")
