@@ -125,6 +125,7 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial_with_full_histories(smoke
         trial = by_trial[child.data.tags["trial_id"]]
         assert child.data.tags["status"] == trial["status"]
         assert child.data.params["lr"] == str(trial["config"]["lr"])
+        assert not {"optimizer", "lr_schedule", "augment"} & set(child.data.params)  # not set by smoke.yaml
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == list(range(1, trial["epochs"] + 1))
         assert set(child.data.metrics) >= {"train_loss", "train_acc", "val_loss", "val_acc", "epoch",
@@ -322,3 +323,24 @@ def test_tune_predict_classifies_image_files_as_the_model_does(smoke, mnist_dir,
     missing = run_cli(["predict", str(tmp_path / "nope.png"), "--model", "models:/smoke@best", "--storage",
                        str(storage)], env, cwd=tmp_path)
     assert missing.returncode == 2 and "nope.png: no such file" in missing.stderr
+
+
+def test_the_loop_s_optional_keys_reach_the_trials_and_mlflow(base_env, tmp_path, ray_head):
+    """A sweep that searches the optimizer and sets a schedule and augmentation: every trial trains with
+    them, and they are its params in MLflow."""
+    result = run_cli(["run", "smoke", "--name", "loop-keys", "--set", f"storage={tmp_path}", "--json",
+                      "--address", ray_head.address, "--set", "search.num_samples=3", "--set", "epochs=2",
+                      "--set", "space.optimizer={choice: [adamw, sgd]}", "--set", "lr_schedule=onecycle",
+                      "--set", "augment=shift", "--set", "lr=0.01"], base_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    configs = [t["config"] for t in payload["trials"]]
+    assert len(configs) == 3 and {c["optimizer"] for c in configs} <= {"adamw", "sgd"}
+    assert all(c["lr_schedule"] == "onecycle" and c["augment"] == "shift" for c in configs)
+    assert payload["counts"]["errored"] == 0 and "optimizer" in payload["levels"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("smoke")
+    children = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
+    assert len(children) == 3
+    assert all(c.data.params["lr_schedule"] == "onecycle" and c.data.params["optimizer"] in ("adamw", "sgd")
+               for c in children)
