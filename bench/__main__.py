@@ -36,6 +36,9 @@ ORDER = [
     ("best_model", lambda scale: best_model.run(best_model.SETTINGS[scale])),
     # Only when named: the two Optuna arms of search_quality again (after a change to the bridge).
     ("bridge_vs_stock", lambda scale: search_quality.run(search_quality.SETTINGS[scale], search_quality.BRIDGE_ARMS)),
+    # Only when named: the three arms on Fashion-MNIST, 5 seeds (about half an hour on 2 cores).
+    ("search_quality_fashion", lambda scale: search_quality.run(
+        search_quality.FASHION_SMOKE if scale == "smoke" else search_quality.FASHION)),
 ]
 
 

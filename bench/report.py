@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.common import RESULTS
 
-NAMED_ONLY = ("bridge_vs_stock",)  # benchmarks `python -m bench` runs only when named
+NAMED_ONLY = ("bridge_vs_stock", "search_quality_fashion")  # benchmarks `python -m bench` runs only when named
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,6 +78,16 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
         for key, target in targets:
             rows.append((f"4b. PRUNED-aware bridge vs Ray's stock OptunaSearch: time to val_acc ≥ {target} "
                          f"(search_quality, {sq['date'][:10]})", _speedup(q["stock_optuna_asha"][key]), "—", "—"))
+    if "search_quality_fashion" in r:
+        f = r["search_quality_fashion"]
+        for challenger, name in (("random_fifo", "random without early stopping"),
+                                 ("stock_optuna_asha", "Ray's stock OptunaSearch + ASHA")):
+            c = f["comparisons"][challenger]
+            rows.append((f"4c. Fashion-MNIST, Optuna + ASHA vs {name}: time to val_acc ≥ {f['target']:.4f} (random "
+                         f"search's median final best; search_quality_fashion, {f['date'][:10]})",
+                         _speedup(c["main"]), "≥ 3×" if challenger == "random_fifo" else "—",
+                         _status(None if c["main"]["median"] is None else c["main"]["median"] >= 3)
+                         if challenger == "random_fifo" else "—"))
     if "bridge_vs_stock" in r:
         bs = r["bridge_vs_stock"]
         for key, target in [("main", bs["target"]), *((str(t), t) for t in bs.get("also", []))]:
@@ -202,6 +212,31 @@ def _ci(effect: dict[str, Any]) -> str:
     return f"{100 * effect['ci_low']:+.3f} to {100 * effect['ci_high']:+.3f} pp"
 
 
+def fashion_section(f: dict[str, Any]) -> list[str]:
+    """Search quality on Fashion-MNIST: every arm and seed, then each comparison's median and spread."""
+    out = ["", "## Search quality on Fashion-MNIST", "",
+           f"`python -m bench full search_quality_fashion`: {f['trials']} trials × up to {f['epochs']} epochs, "
+           f"2 at a time, on a {f['subset']:,}-image stratified subset of Fashion-MNIST's training file (2/3 "
+           f"train, 1/3 validation), {len(f['seeds'])} seeds per arm, the arms of one seed run back to back. The "
+           f"target is set by the data: random search's median final best val_acc over the seeds, "
+           f"{f['target']:.4f}. Seconds until some trial first reported it (— : never):", "",
+           "| arm | seed | wall (s) | to target (s) | best val_acc | best test_acc |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for arm, runs in f["runs"].items():
+        for run in runs:
+            out.append(f"| {arm} | {run['seed']} | {run['wall_s']:.0f} | {_num(run['time_to_target_s'], 0)} | "
+                       f"{run['best_val_acc']:.4f} | {_num(run['best_test_acc'], 4)} |")
+    for challenger, c in f["comparisons"].items():
+        main, gain = c["main"], c["val_acc_gain_at_equal_wall"]
+        per_seed = ", ".join("—" if s["speedup"] is None else f"{'≥ ' if s['lower_bound'] else ''}{s['speedup']:.2f}×"
+                             for s in main["per_seed"])
+        out += ["", f"optuna_asha vs {challenger}: time to the target {_speedup(main)} sooner (per seed: "
+                f"{per_seed}); whole-sweep wall time {', '.join(f'{w:.2f}×' for w in c['wall_ratio'])} "
+                f"theirs ÷ ours; best val_acc at equal wall time (the shorter sweep's) {gain['median']:+.4f} "
+                f"(median over seeds; {gain['min']:+.4f} to {gain['max']:+.4f})."]
+    return out
+
+
 def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
     any_result = next(iter(r.values()))
@@ -280,6 +315,8 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
                 f"time, with a best val_acc {min(gaps):+.4f} to {max(gaps):+.4f} from random search's. "
                 "A target-time figure only separates the searchers on a harder problem, or with many more "
                 f"trials than the {q['trials']} that fit a benchmark run."]
+    if "search_quality_fashion" in r:
+        out += fashion_section(r["search_quality_fashion"])
     if "bridge_vs_stock" in r:
         out += bridge_section(r["bridge_vs_stock"], r.get("search_quality"))
     if "tracking_overhead" in r:

@@ -18,7 +18,7 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: 
     results.json payload."""
     document = {**document, "storage": str(storage)}
     document.setdefault("data", {})
-    if mnist_dir():
+    if mnist_dir() and document["data"].get("dataset", "mnist") == "mnist":
         document["data"] = {**document["data"], "dir": mnist_dir()}
     config = validate_sweep(document)
     progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")

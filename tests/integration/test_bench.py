@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require
+from trainables.data import DATASETS
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +31,19 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     for name, key in EXPECTED.items():
         record = json.loads((tmp_path / "smoke" / f"{name}.json").read_text())
         assert key in record and record["machine"]["cores"] >= 1, name
+    require(Path(DATASETS["fashion-mnist"].system_dirs[0]).is_dir(),
+            "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    named = subprocess.run([sys.executable, "-m", "bench", "smoke", "search_quality_fashion"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert named.returncode == 0, named.stderr[-3000:]
+    fashion = json.loads((tmp_path / "smoke" / "search_quality_fashion.json").read_text())
+    random_best = sorted(r["best_val_acc"] for r in fashion["runs"]["random_fifo"])
+    assert fashion["target"] == sum(random_best) / 2  # the median of two seeds: set by the data
     report = subprocess.run([sys.executable, "-c", f"from pathlib import Path; from bench.report import "
                              f"write_benchmarks_md; write_benchmarks_md('smoke', Path(r'{tmp_path}/B.md'))"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "B.md").read_text()
     assert "| 1. Wrapper overhead" in text and "## The seed's table" in text
+    assert "## Search quality on Fashion-MNIST" in text and "| 4c. Fashion-MNIST, Optuna + ASHA vs random" in text
     assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text
