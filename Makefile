@@ -12,7 +12,7 @@ TORCH_INDEX ?= $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/d
   echo https://download.pytorch.org/whl/cpu)
 PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: install run test lint bench bench-full clean tune-command
+.PHONY: install run test lint bench bench-full bench-gpu clean tune-command
 
 install: $(STAMP) tune-command
 
@@ -53,6 +53,10 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m bench full
+
+# On a machine with CUDA: 4 trials sharing one GPU, GPU vs CPU epochs, a GPU checkpoint on the CPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu
 
 # Removes what `make` built; never results: runs/ (every sweep, the MLflow store, the registered
 # models) stays, and the line below says so.

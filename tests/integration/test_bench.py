@@ -47,3 +47,16 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     assert "| 1. Wrapper overhead" in text and "## The seed's table" in text
     assert "## Search quality on Fashion-MNIST" in text and "| 4c. Fashion-MNIST, Optuna + ASHA vs random" in text
     assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text
+
+
+def test_the_gpu_benchmark_s_cpu_dry_run_takes_every_step(base_env, tmp_path):
+    """`make bench-gpu` needs CUDA; its --dry-run runs the same steps on the CPU: four trials at once,
+    the epoch speed, and a checkpoint loaded on the CPU predicting what it predicts on the device."""
+    env = {**base_env, "BENCH_RESULTS_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "smoke" / "gpu.json").read_text())
+    assert record["dry_run"] and record["device"] == "cpu" and record["counts"]["completed"] == 4
+    assert record["trials_at_once"] == 4 and record["trials_per_hour"] > 0
+    assert record["checkpoint_on_cpu"]["same_classes"] and record["epoch_speed"]["cpu"]["samples_per_s"] > 0
