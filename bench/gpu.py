@@ -130,7 +130,7 @@ def run(dry: bool) -> dict[str, Any]:
         raise SystemExit("bench-gpu: no CUDA device here; `python -m bench.gpu --dry-run` runs the same steps "
                          "on the CPU")
     device = "cuda" if cuda and not dry else "cpu"
-    subset, epochs = (2000, 2) if dry else (None, 3)
+    subset, epochs = (6000, 2) if dry else (None, 3)
     document = {"name": "bench-gpu", "epochs": epochs,
                 "space": {"lr": {"loguniform": [1e-3, 5e-3]}, "batch_norm": {"choice": [True, False]}},
                 "search": {"algorithm": "random", "num_samples": TRIALS, "max_concurrent_trials": TRIALS},
