@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 # On Linux without an NVIDIA driver, PyTorch's CPU-only wheel index (a few hundred MB instead of several GB of
 # CUDA wheels), when it answers; elsewhere, or where only the default package index is reachable, the default.
-TORCH_INDEX ?= $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && \
+# Probed once, on first use by an install recipe (not on every `make`).
+TORCH_INDEX ?= $(eval TORCH_INDEX := $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && \
   curl -fsS --max-time 5 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null && \
-  echo https://download.pytorch.org/whl/cpu)
-PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+  echo https://download.pytorch.org/whl/cpu))$(TORCH_INDEX)
+PIP_INSTALL = $(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: install run test lint bench bench-full bench-gpu clean tune-command
 

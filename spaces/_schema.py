@@ -265,11 +265,8 @@ class SweepConfig(_Section):
         its own `model:` or `trainable:`, the space holds only the keys the file set: which of the
         seed's keys a trial gets depends on that (`space_entries`)."""
         document = {**self.dump(), "source": str(self.source) if self.source else None}
-        if self.model or self.trainable:
-            document["space"] = self.space.model_dump(mode="json", exclude_unset=True)
-        else:  # the loop's optional keys only where set: a resume rebuilds the same trials (space_entries)
-            hidden = set(OPTIONAL_LOOP_KEYS) - self.space.model_fields_set
-            document["space"] = {k: v for k, v in document["space"].items() if k not in hidden}
+        entries = self.space_entries()
+        document["space"] = {k: v for k, v in document["space"].items() if k in entries}
         return document
 
     @property

@@ -278,10 +278,9 @@ def _tuner_for(config: SweepConfig, experiment: ExperimentDir, trial_data: Data 
         print(f"resuming {experiment.uri}", file=sys.stderr)
         if experiment.is_remote:  # the study as of Tune's last snapshot, consistent with its state
             experiment.download(STUDY_FILE, journal)
-        if config.search.storage and "://" in config.search.storage:  # its password is not in Tune's state
-            from search.engine.optuna_bridge import PasswordFreeRDBStorage
+        from search.engine.optuna_bridge import PasswordFreeRDBStorage
 
-            PasswordFreeRDBStorage.remember(config.search.storage)
+        PasswordFreeRDBStorage.remember(config.search.storage)  # its password is not in Tune's state
         return restore_tuner(config, trial_data, experiment.uri), None
     if options.resume:
         print(f"{experiment.uri} holds no Tune state yet (stopped before its first trial); "

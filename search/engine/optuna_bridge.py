@@ -61,12 +61,14 @@ class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        PasswordFreeRDBStorage._passwords[redact_uri(url)] = url
+        self.remember(url)
 
     @classmethod
-    def remember(cls, url: str) -> None:
-        """Let a storage restored from a run's state connect to `url` (the same database)."""
-        cls._passwords[redact_uri(url)] = url
+    def remember(cls, storage: str | None) -> None:
+        """Let a storage restored from a run's state connect to `storage` (the same database); a journal
+        file or no storage has no password to remember."""
+        if storage and "://" in storage:
+            cls._passwords[redact_uri(storage)] = storage
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
