@@ -116,9 +116,10 @@ def ray_bin() -> str:
 
 
 def start_ray_node(env: dict[str, str], num_cpus: int, head_address: str | None = None,
-                   extra: tuple[str, ...] = ()) -> RayNode:
-    """`ray start --block` on 127.0.0.1 (a head, or a worker joining `head_address`)."""
-    args = [ray_bin(), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                   extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> RayNode:
+    """`ray start --block` on 127.0.0.1 (a head, or a worker joining `head_address`); `prefix` runs it
+    through another command (`nsenter …`, which execs it: the pid stays the node's)."""
+    args = [*prefix, ray_bin(), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
             "--disable-usage-stats", *extra]
     if head_address is None:
         port = free_port()

@@ -75,6 +75,36 @@ def mlflow_server(tmp_path):
     server.stop()
 
 
+# --- a small disk: a tmpfs in a mount namespace of the test's own ------------------------
+
+SMALL_DISK_MIB = 330  # a sweep needs 200 MiB free to start, and stops below 100
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A process holding a mount namespace with a tmpfs of SMALL_DISK_MIB at `<tmp>/disk`; commands enter it
+    by pid (`inside`), and files are read from outside through `/proc/<pid>/root`."""
+    require(shutil.which("unshare") is not None and shutil.which("nsenter") is not None, "unshare and nsenter")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                               f"mount -t tmpfs -o size={SMALL_DISK_MIB}m tmpfs {disk} && touch {disk}/.mounted && "
+                               "exec sleep infinity"], start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while inside(holder, ["test", "-e", str(disk / ".mounted")]).returncode != 0:
+            assert holder.poll() is None and time.time() < deadline, "the tmpfs was not mounted"
+            time.sleep(0.2)
+        yield holder, disk
+    finally:
+        stop_process(holder, grace_s=1)
+
+
+def inside(holder, command, **kwargs):
+    return subprocess.run(["nsenter", "--target", str(holder.pid), "--mount", *command],
+                          capture_output=True, text=True, **kwargs)
+
+
 # --- a Ray cluster with a real autoscaler -------------------------------------------------
 
 IDLE_TIMEOUT_MIN = 0.1  # 6 s: idle workers go soon after a sweep

@@ -6,7 +6,6 @@ finishes it with nothing lost or duplicated."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -14,37 +13,13 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, require, stop_process
+from tests.conftest import REPO, stop_process
+from tests.slow.conftest import inside
 
 pytestmark = pytest.mark.slow
 
-SIZE_MIB = 330  # a sweep needs 200 MiB free to start, and stops below 100
 EPOCHS = 8
 TRIALS = 8
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A process holding a mount namespace with a tmpfs at `<tmp>/disk`; commands enter it by pid."""
-    require(shutil.which("unshare") is not None and shutil.which("nsenter") is not None, "unshare and nsenter")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                               f"mount -t tmpfs -o size={SIZE_MIB}m tmpfs {disk} && touch {disk}/.mounted && "
-                               "exec sleep infinity"], start_new_session=True)
-    try:
-        deadline = time.time() + 30
-        while inside(holder, ["test", "-e", str(disk / ".mounted")]).returncode != 0:
-            assert holder.poll() is None and time.time() < deadline, "the tmpfs was not mounted"
-            time.sleep(0.2)
-        yield holder, disk
-    finally:
-        stop_process(holder, grace_s=1)
-
-
-def inside(holder, command, **kwargs):
-    return subprocess.run(["nsenter", "--target", str(holder.pid), "--mount", *command],
-                          capture_output=True, text=True, **kwargs)
 
 
 def test_a_disk_that_fills_mid_sweep_stops_it_saved_and_resume_finishes_it(small_disk, base_env, tmp_path, mnist_dir):
