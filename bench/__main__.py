@@ -13,6 +13,7 @@ import time
 from bench import (
     best_model,
     cli_errors,
+    driver_overhead,
     overhead,
     search_quality,
     seed_ablation,
@@ -30,6 +31,7 @@ ORDER = [
     ("overhead", lambda scale: overhead.run(overhead.SETTINGS[scale])),
     ("tracking_overhead", lambda scale: tracking_overhead.run(tracking_overhead.SETTINGS[scale])),
     ("sweep_efficiency", lambda scale: sweep_efficiency.run(sweep_efficiency.SETTINGS[scale])),
+    ("driver_overhead", lambda scale: driver_overhead.run(driver_overhead.SETTINGS[scale])),
     ("search_quality", lambda scale: search_quality.run(search_quality.SETTINGS[scale])),
     ("seed_table", lambda scale: seed_table.run(seed_table.SETTINGS[scale])),
     ("seed_ablation", lambda scale: seed_ablation.run(seed_ablation.SETTINGS[scale])),

@@ -17,9 +17,10 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: 
     """Run a sweep given as a sweep-file mapping (with another Optuna searcher, if given); return its
     results.json payload."""
     document = {**document, "storage": str(storage)}
-    document.setdefault("data", {})
-    if mnist_dir() and document["data"].get("dataset", "mnist") == "mnist":
-        document["data"] = {**document["data"], "dir": mnist_dir()}
+    if "trainable" not in document:  # a trainable of one's own loads its own data
+        document.setdefault("data", {})
+        if mnist_dir() and document["data"].get("dataset", "mnist") == "mnist":
+            document["data"] = {**document["data"], "dir": mnist_dir()}
     config = validate_sweep(document)
     progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")
     prepare_tracking()  # what `tune run` sets up before a sweep

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "cli_errors": "median_s", "throughput": "profile_1_thread", "overhead": "ratio",
     "tracking_overhead": "mlflow_share_of_epoch_http", "sweep_efficiency": "efficiency",
+    "driver_overhead": "driver_rss_mib",
     "search_quality": "comparisons", "seed_table": "table", "best_model": "best", "seed_ablation": "table",
 }
 
@@ -45,6 +46,7 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "B.md").read_text()
     assert "| 1. Wrapper overhead" in text and "## The seed's table" in text
+    assert "## Driver overhead over a long sweep" in text and "| 3b. Driver overhead: 12 trivial trials" in text
     assert "## Search quality on Fashion-MNIST" in text and "| 4c. Fashion-MNIST, Optuna + ASHA vs random" in text
     assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text
 
