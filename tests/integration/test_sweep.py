@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from search.engine.optuna_bridge import RAY_TRIAL_ID_ATTR
 from search.engine.storage import STUDY_FILE
+from search.engine.trials import tune_result_rows
 from search.tracking.registry import load_model
 from tests.conftest import run_cli
 from trainables.data import load_data
@@ -344,3 +345,23 @@ def test_the_loop_s_optional_keys_reach_the_trials_and_mlflow(base_env, tmp_path
     assert len(children) == 3
     assert all(c.data.params["lr_schedule"] == "onecycle" and c.data.params["optimizer"] in ("adamw", "sgd")
                for c in children)
+
+
+def test_a_trial_in_a_reused_process_trains_exactly_as_one_in_a_fresh_process(base_env, tmp_path, ray_head):
+    """Trial processes are reused between trials (Tune's `reuse_actors`): four trials of one configuration,
+    one at a time, with dropout, shifts and OneCycle (RNG and schedule state), give the same numbers in a
+    process that already ran a trial as in a fresh one."""
+    fixed = {"batch_norm": "true", "skip": "true", "lr": "0.003", "l2": "0.0001", "dropout": "0.2",
+             "batch_size": "64", "augment": "shift", "lr_schedule": "onecycle"}
+    result = run_cli(["run", "smoke", "--name", "reuse", "--set", f"storage={tmp_path}", "--json",
+                      "--address", ray_head.address, "--set", "scheduler.type=fifo", "--set", "search.num_samples=4",
+                      "--set", "search.max_concurrent_trials=1", "--set", "epochs=2", "--set", "data.subset=1000",
+                      *(a for k, v in fixed.items() for a in ("--set", f"{k}={v}"))], base_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = json.loads(result.stdout)["trials"]
+    rows = tune_result_rows(tmp_path / "reuse")
+    pids = [rows[t["trial_id"]][0]["pid"] for t in sorted(trials, key=lambda t: t["history"][0]["timestamp"])]
+    assert len(set(pids)) < len(pids), f"no process ran two trials: {pids}"
+    numbers = {(tuple(h["train_loss"] for h in t["history"]), tuple(h["val_loss"] for h in t["history"]))
+               for t in trials}
+    assert len(numbers) == 1, numbers
