@@ -22,6 +22,12 @@ def sweep(document: dict[str, Any], storage: Path, run_name: str, optuna_class: 
         if mnist_dir() and document["data"].get("dataset", "mnist") == "mnist":
             document["data"] = {**document["data"], "dir": mnist_dir()}
     config = validate_sweep(document)
+    if config.code_folders():
+        import ray
+
+        # Ray takes a job's runtime environment (here: the folder of the sweep's own code) when it
+        # starts, and a later sweep in this process would reuse the earlier one's: start afresh.
+        ray.shutdown()
     progress(f"sweep {run_name}: {config.trial_count()} trials × {config.epochs} epochs")
     prepare_tracking()  # what `tune run` sets up before a sweep
     outcome = run_sweep(config, RunOptions(run_name=run_name, as_json=True), optuna_class)
