@@ -75,11 +75,11 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
     fit = results["fit_seconds"]
     ideal = trials * seconds / SLOTS
     completed = results["counts"]["completed"]
-    # While trials ran (before the first, memory holds whatever this process did earlier).
+    # From the first trial on, the run's end included (before it, memory holds whatever this process did earlier).
     peak = max((rss for seen, rss in memory.samples if seen), default=0) / 2**20
     progress(f"{completed} of {trials} completed; tuner.fit {fit:.0f} s against an ideal {ideal:.0f} s "
              f"({fit / ideal:.2f}×, {(fit * SLOTS - trials * seconds) / trials:.3f} s per trial beyond the sleep); "
-             f"driver resident memory peak while trials ran {peak:.0f} MiB")
+             f"driver resident memory peak from the first trial on {peak:.0f} MiB")
     return {**settings, "slots": SLOTS, "completed": completed, "ideal_s": ideal, "fit_s": fit,
             "wall_with_setup_s": wall, "ratio": fit / ideal,
             "overhead_s_per_trial": (fit * SLOTS - trials * seconds) / trials,
