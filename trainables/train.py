@@ -16,7 +16,7 @@ from torch import nn
 
 from core.names import AUGMENTS, LR_SCHEDULES, OPTIMIZERS
 from trainables.data import Data, Split
-from trainables.model import NUM_CLASSES, SeedNet
+from trainables.model import NUM_CLASSES, SeedNet, folded_for_inference
 
 SHIFT = 2  # augment: shift moves each training image by up to this many pixels, each way
 SGD_MOMENTUM = 0.9
@@ -120,9 +120,11 @@ def shift_batch(images: torch.Tensor, generator: torch.Generator, shift: int = S
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` in eval mode (batch norm uses running stats)."""
+    """Mean loss and accuracy of `model` in eval mode (batch norm uses running stats; in the seed
+    network it is folded into the layer before it, which is faster and predicts the same)."""
     images, labels = split
     model.eval()
+    model = folded_for_inference(model)
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for start in range(0, len(labels), EVAL_BATCH_SIZE):

@@ -179,7 +179,7 @@ def test_six_ticks_with_a_fault_each_lose_nothing_and_the_champion_follows_val_l
 
     # Tick 3: the scheduler is SIGTERMed mid-sweep; a new one resumes the tick.
     run = week.tick(3)
-    week.wait_for_rows(run, running_on("", EPOCHS - 2))
+    week.wait_for_rows(run, running_on("", EPOCHS - 3))
     week.scheduler.send_signal(signal.SIGTERM)
     assert week.wait_scheduler(timeout_s=120) == 130, week.log()[-3000:]
     assert week.state()["ticks"][sorted(week.state()["ticks"])[2]]["status"] == "interrupted"
@@ -194,7 +194,7 @@ def test_six_ticks_with_a_fault_each_lose_nothing_and_the_champion_follows_val_l
 
     # Tick 5: the disk fills; the sweep stops saved, the scheduler exits; space is freed, it starts again.
     run = week.tick(5)
-    week.wait_for_rows(run, running_on("", EPOCHS - 2))
+    week.wait_for_rows(run, running_on("", 2))  # seconds of training left: the disk check runs every 2 s
     free = int(inside(week.holder, [sys.executable, "-c",
                                     f"import shutil; print(shutil.disk_usage('{week.disk}').free)"]).stdout)
     filler = inside(week.holder, ["fallocate", "-l", str(free - 60 * 2**20), str(week.disk / "filler")])

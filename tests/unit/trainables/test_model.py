@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.model import FEATURES, SeedNet
+from trainables.model import FEATURES, SeedNet, folded_for_inference
 from trainables.train import TrainParams, build_model, build_optimizer
 
 
@@ -86,3 +86,22 @@ def test_pooling_before_the_relu_gives_the_written_order_s_outputs_and_gradients
     for (name, a), (_, b) in zip(net.named_parameters(), written.named_parameters(), strict=True):
         assert torch.equal(a.grad, b.grad), name
     assert list(net.state_dict()) == list(written.state_dict())
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_batch_norm_folded_for_inference_gives_the_same_logits_and_leaves_the_network_as_it_was(skip):
+    torch.manual_seed(0)
+    net = SeedNet(batch_norm=True, skip=skip, dropout=0.3).train()
+    for _ in range(3):  # running statistics far from the initial 0 and 1
+        net(torch.randn(64, 1, 28, 28) * 3 + 1)
+    net.eval()
+    before = copy.deepcopy(net.state_dict())
+    folded = folded_for_inference(net)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    images = torch.randn(128, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(folded(images), net(images), atol=1e-5, rtol=1e-5)
+        assert torch.equal(folded(images).argmax(1), net(images).argmax(1))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the trained network is untouched
+    plain = SeedNet(batch_norm=False)
+    assert folded_for_inference(plain) is plain  # nothing to fold
