@@ -71,28 +71,24 @@ def pool_order_ab(data: Any, threads: int, rounds: int, epochs: int) -> dict[str
 
 def fold_ab(data: Any, threads: int, rounds: int) -> dict[str, Any]:
     """Evaluation of bn+skip on the validation split with batch norm folded into the layers before it
-    (`folded_for_inference`) against the network as trained, alternated A-B-A-B in one process: seconds
+    (what `evaluate` does) against the network as trained (`fold=False`), alternated A-B-A-B in one process: seconds
     per round, the median ratio and whether the predictions agree."""
-    from trainables.model import folded_for_inference
-
     torch.set_num_threads(threads)
     params = TrainParams(batch_norm=True, skip=True, batch_size=BATCH)
     model, generator = build_model(params), torch.Generator().manual_seed(0)
     images, labels = as_tensors(data.train)
     train_epoch(model, build_optimizer(model, params), (images[: BATCH * 20], labels[: BATCH * 20]), BATCH, generator)
     val = as_tensors(data.val)
-    model.eval()
-    folded = folded_for_inference(model)
     as_trained, with_folding = [], []
     for _ in range(rounds):
-        for network, times in ((model, as_trained), (folded, with_folding)):
+        for fold, times in ((False, as_trained), (True, with_folding)):
             started = time.perf_counter()
-            evaluate(network, val)
+            evaluate(model, val, fold=fold)  # the fold (a copy of the network) is part of the folded arm's time
             times.append(time.perf_counter() - started)
     ratios = sorted(a / b for a, b in zip(as_trained, with_folding, strict=True))
     return {"eval_s_as_trained": as_trained, "eval_s_folded": with_folding, "median_speedup": ratios[len(ratios) // 2],
             "min_speedup": ratios[0], "max_speedup": ratios[-1], "val_images": len(val[1]),
-            "same_accuracy": evaluate(model, val)[1] == evaluate(folded, val)[1]}
+            "same_accuracy": evaluate(model, val, fold=False)[1] == evaluate(model, val)[1]}
 
 
 def samples_per_second(data: Any, params: TrainParams, threads: int, variant: str, epochs: int) -> dict[str, float]:

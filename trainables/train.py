@@ -119,12 +119,13 @@ def shift_batch(images: torch.Tensor, generator: torch.Generator, shift: int = S
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], fold: bool = True) -> tuple[float, float]:
     """Mean loss and accuracy of `model` in eval mode (batch norm uses running stats; in the seed
-    network it is folded into the layer before it, which is faster and predicts the same)."""
+    network, unless `fold` is false, it is folded into the layer before it: faster, the same predictions)."""
     images, labels = split
     model.eval()
-    model = folded_for_inference(model)
+    if fold:
+        model = folded_for_inference(model)
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for start in range(0, len(labels), EVAL_BATCH_SIZE):
