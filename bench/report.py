@@ -352,6 +352,12 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
                     f"bare loop {', '.join(f'{s:.2f}' for s in o['bare_epoch_s'])} s; inside a Tune trial "
                     f"(epoch + report + checkpoint) {', '.join(f'{s:.2f}' for s in o['tune_epoch_s'])} s. The ratio "
                     "compares the medians after the first epoch, which pays each side's start-up."]
+        short = _load("quick").get("overhead", {}) if scale == "full" else {}
+        if "round_ratios" in short:  # the short epochs of the quick set, beside full MNIST's
+            out += ["", f"The same with short epochs ({short['images']:,} images, `python -m bench quick overhead`, "
+                    f"{short['date'][:10]}; median epoch {statistics.median(short['bare_epoch_s']):.2f} s bare): "
+                    f"rounds {', '.join(f'{x:.3f}' for x in short['round_ratios'])}, median "
+                    f"**{short['ratio']:.3f}** (goal ≤ {short['goal']}: {_status(short['ratio'] <= short['goal'])})."]
     if "sweep_efficiency" in r:
         e = r["sweep_efficiency"]
         out += ["", "## Sweep efficiency", "",
