@@ -21,7 +21,7 @@ from bench.sweeps import sweep
 
 SLOTS = 2
 TRAINABLE = Path(__file__).resolve().parent / "trivial"
-SETTINGS = {"smoke": {"trials": 12, "seconds": 0.2}, "quick": {"trials": 100, "seconds": 1.0},
+SETTINGS = {"smoke": {"trials": 6, "seconds": 0.2}, "quick": {"trials": 100, "seconds": 1.0},
             "full": {"trials": 1000, "seconds": 1.0}}
 
 

@@ -242,6 +242,12 @@ def _nodes_not_seeing(probe: str, token: str, nodes: list[dict]) -> list[str]:
             seen = ray.get(ref, timeout=SHARED_STORAGE_PROBE_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             seen = ""
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError,
+                ray.exceptions.WorkerCrashedError):
+            # The node died after `ray.nodes()` still listed it (Ray notices a lost node only after a
+            # while): it runs no trial, so there is nothing to check there.
+            log.info("node %s left the cluster during the shared-storage check", name)
+            continue
         if seen != token:
             blind.append(name)
     return blind

@@ -49,7 +49,7 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     efficiency = json.loads((tmp_path / "smoke" / "sweep_efficiency.json").read_text())["startup"]
     assert len(efficiency["reused_process_s"]) + len(efficiency["new_process_s"]) == 4  # every trial's start-up
     assert "| 3a. A trial's start-up in a reused trial process" in text
-    assert "## Driver overhead over a long sweep" in text and "| 3b. Driver overhead: 12 trivial trials" in text
+    assert "## Driver overhead over a long sweep" in text and "| 3b. Driver overhead: 6 trivial trials" in text
     assert "## Search quality on Fashion-MNIST" in text and "| 4c. Fashion-MNIST, Optuna + ASHA vs random" in text
     assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text
 
