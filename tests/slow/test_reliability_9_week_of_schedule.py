@@ -34,7 +34,7 @@ from tests.slow.conftest import MlflowServer, inside
 pytestmark = pytest.mark.slow
 
 TICKS = 6
-TRIALS = 2  # on two one-CPU nodes: both at once, one on each
+TRIALS = 3  # on two one-CPU nodes: ticks of two rounds, long enough to fault mid-sweep
 EPOCHS = 6
 OUTAGE_S = 12
 SWEEP = ["--set", "scheduler.type=fifo", "--set", f"epochs={EPOCHS}", "--set", f"search.num_samples={TRIALS}",
