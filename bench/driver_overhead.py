@@ -1,6 +1,6 @@
 """Driver overhead over a long sweep: N trials of a trivial trainable (it sleeps, then reports
 once) on 2 slots through the tool's whole path (Optuna's TPE, Tune, an MLflow child run per
-trial, results.json): wall time ÷ the ideal (N × sleep ÷ slots), seconds per trial beyond the
+trial, results.json): `tuner.fit`'s wall time ÷ the ideal (N × sleep ÷ slots), seconds per trial beyond the
 sleep, and the driver's memory as the sweep grows (resident set, sampled every second).
 
 Anchor: Ray Tune's own release test runs 10,000 one-second trials on 16 CPUs in 715 s against

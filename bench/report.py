@@ -195,7 +195,7 @@ def ab_lines(t: dict[str, Any]) -> list[str]:
                      f"evaluate the validation split as trained ÷ folded: {ab('fold_ab')}; the same accuracy: "
                      f"{'yes' if same else '**no**'}. Kept: every epoch's validation and every test evaluation "
                      "use it. Evaluation is a small part of an epoch, so the epoch gains a few percent at most.")
-    return ["", *(x for line in lines for x in (line, ""))][:-1] if lines else []
+    return [x for line in lines for x in ("", line)]  # each a paragraph of its own
 
 
 def seed_table(s: dict[str, Any]) -> list[str]:
