@@ -118,13 +118,42 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
                      _pct(t["optuna_share_of_trial_at_max"]), "≤ 1%",
                      _status(t["optuna_share_of_trial_at_max"] <= 0.01)))
     if "best_model" in r:
-        acc = r["best_model"]["best"]["test_acc"]
-        rows.append(("7. Best test accuracy of `tune run default`", f"{_acc(acc)} in "
-                     f"{r['best_model']['wall_s'] / 60:.0f} min", "≥ 99.2%", _status(acc >= 0.992)))
+        b = _best_model_runs(r["best_model"])
+        goal_acc, goal_wall = b.get("goal_test_acc", 0.992), b.get("goal_wall_s")
+        met = b["median_test_acc"] >= goal_acc and (goal_wall is None or b["max_wall_s"] <= goal_wall)
+        rows.append((f"7. Best test accuracy of `tune run default` (median over {len(b['runs'])} sampler seed(s); "
+                     "the longest sweep)", f"{_acc(b['median_test_acc'])} in {b['max_wall_s'] / 60:.0f} min",
+                     f"≥ {100 * goal_acc:.1f}%" + (f" in ≤ {goal_wall / 60:.0f} min" if goal_wall else ""),
+                     _status(met)))
     if "cli_errors" in r:
         rows.append(("A mistake in a sweep file reported (median wall time of `tune run bad.yaml`)",
                      f"{_num(r['cli_errors']['median_s'])} s", "< 1 s", _status(r["cli_errors"]["max_median_s"] < 1)))
     return rows
+
+
+def _best_model_runs(b: dict[str, Any]) -> dict[str, Any]:
+    """A best_model record with one run per sampler seed (records before 2026-11-30 held one sweep)."""
+    if "runs" in b:
+        return b
+    run = {"seed": b["best"]["config"].get("seed"), **{k: b[k] for k in ("best", "wall_s", "counts")}}
+    return {**b, "runs": [run], "median_test_acc": b["best"]["test_acc"], "max_wall_s": b["wall_s"]}
+
+
+def best_model_section(b: dict[str, Any]) -> list[str]:
+    runs = b["runs"]
+    lines = [f"`tune run default`, once per sampler seed ({b['date']}). Each sweep's best trial is the one with "
+             "the best validation metric (val_loss); its best-validation checkpoint is then evaluated once on the "
+             "test split, which no trial sees.", "",
+             "| sampler seed | wall (min) | trials | epochs trained | best trial's test_acc | its val_acc | "
+             "its configuration |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in run["counts"].items() if n)
+        lines.append(f"| {run['seed']} | {run['wall_s'] / 60:.1f} | {counts} | {run.get('epochs_trained', '—')} | "
+                     f"{_acc(run['best']['test_acc'])} | {_acc(run['best']['val_acc'])} | "
+                     f"`{_config(run['best']['config'])}` |")
+    lines += ["", f"Median best test accuracy over the seeds: **{_acc(b['median_test_acc'])}**, the longest sweep "
+              f"{b['max_wall_s'] / 60:.1f} minutes. LeNet-5's published 99.05% is the classic reference."]
+    return lines
 
 
 def bridge_section(after: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
@@ -440,13 +469,7 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
                 "each seed gives one difference; the effect is their mean.", "",
                 *seed_ablation_section(r["seed_ablation"])]
     if "best_model" in r:
-        b = r["best_model"]
-        out += ["", "## Best model", "",
-                f"`tune run default` found test accuracy {_acc(b['best']['test_acc'])} (val_acc "
-                f"{_acc(b['best']['val_acc'])}, the best by the sweep's metric, val_loss) with "
-                f"`{_config(b['best']['config'])}`, in {b['wall_s'] / 60:.1f} minutes ("
-                + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in b["counts"].items())
-                + "). LeNet-5's published 99.05% is the classic reference."]
+        out += ["", "## Best model", "", *best_model_section(_best_model_runs(r["best_model"]))]
     target = path or REPO / "BENCHMARKS.md"
     target.write_text("\n".join(out) + "\n")
     return target

@@ -22,7 +22,7 @@ def test_shipped_sweeps_are_valid():
         assert config.name == name
 
 
-@pytest.mark.parametrize("name, trials", [("seed_bn", 4), ("seed_skip", 4), ("smoke", 8), ("default", 40)])
+@pytest.mark.parametrize("name, trials", [("seed_bn", 4), ("seed_skip", 4), ("smoke", 8), ("default", 48)])
 def test_trial_counts(name, trials):
     assert load_sweep(name).trial_count() == trials
 
@@ -36,9 +36,9 @@ def test_seed_experiments_match_the_seed():
 
 def test_default_sweep_searches_everything_the_seed_asks_about():
     space = load_sweep("default").space
-    assert set(space.searched()) == {"batch_norm", "skip", "lr", "l2", "dropout", "batch_size"}
-    assert (space.lr.low, space.lr.high) == (1e-4, 1e-2) and isinstance(space.lr, LogUniform)
-    assert 128 in space.batch_size.choice
+    assert set(space.searched()) == {"batch_norm", "skip", "lr", "l2", "dropout", "optimizer", "lr_schedule"}
+    assert (space.lr.low, space.lr.high) == (1e-3, 1e-2) and isinstance(space.lr, LogUniform)
+    assert (space.augment, space.batch_size) == ("shift", 128)
 
 
 def test_every_field_has_a_default(tmp_path):

@@ -22,9 +22,9 @@ def test_plan_counts_grid_trials_and_epochs():
 
 def test_plan_names_the_asha_rungs():
     config = load_sweep("default")
-    assert asha_rungs(config) == [1, 3, 9]
-    assert "ASHA stops weak trials at epochs 1, 3, 9" in plan_text(config)
-    assert plan_payload(config)["asha_rungs"] == [1, 3, 9]
+    assert asha_rungs(config) == [3, 9]
+    assert "ASHA stops weak trials at epochs 3, 9" in plan_text(config)
+    assert plan_payload(config)["asha_rungs"] == [3, 9]
 
 
 def started_run(tmp_path, settings: RunSettings | None):

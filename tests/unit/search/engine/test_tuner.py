@@ -24,8 +24,9 @@ def tiny_data() -> Data:
 def test_param_space_has_a_domain_per_searched_key_and_the_fixed_values():
     config = load_sweep("default")
     space = build_param_space(config)
-    assert isinstance(space["lr"], tune.search.sample.Float) and space["lr"].lower == 1e-4
-    assert isinstance(space["batch_size"], tune.search.sample.Categorical)
+    assert isinstance(space["lr"], tune.search.sample.Float) and space["lr"].lower == 1e-3
+    assert isinstance(space["optimizer"], tune.search.sample.Categorical)
+    assert (space["batch_size"], space["augment"]) == (128, "shift")
     assert space["epochs"] == config.epochs
     grid = build_param_space(load_sweep("seed_bn"))
     assert grid["batch_norm"] == {"grid_search": [True, False]}
@@ -53,7 +54,7 @@ def test_searcher_is_the_pruned_aware_bridge_unless_another_class_is_given(tmp_p
 def test_asha_counts_epochs_with_the_sweeps_rungs():
     asha = build_scheduler(load_sweep("default"))
     assert isinstance(asha, ASHAScheduler)
-    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 12, 3)
+    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("epoch", 27, 3)
     assert isinstance(build_scheduler(load_sweep("seed_bn")), FIFOScheduler)
 
 
