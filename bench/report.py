@@ -153,6 +153,15 @@ def best_model_section(b: dict[str, Any]) -> list[str]:
                      f"`{_config(run['best']['config'])}` |")
     lines += ["", f"Median best test accuracy over the seeds: **{_acc(b['median_test_acc'])}**, the longest sweep "
               f"{b['max_wall_s'] / 60:.1f} minutes. LeNet-5's published 99.05% is the classic reference."]
+    if "space" in b:  # the sweep file as it ran
+        d = b["space"]
+        searched = [k for k, v in d["space"].items() if isinstance(v, dict)]
+        fixed = ", ".join(f"{k}={v}" for k, v in d["space"].items() if not isinstance(v, dict) and v is not None)
+        lines += ["", f"The sweep as it ran (`spaces/default.yaml`): {d['search']['num_samples']} trials × up to "
+                  f"{d['epochs']} epochs, {b['machine']['cores']} at a time (one core each), ASHA from epoch "
+                  f"{d['scheduler']['grace_period']} with reduction factor {d['scheduler']['reduction_factor']:g}; "
+                  f"searched: {', '.join(searched)}; "
+                  f"fixed: {fixed}."]
     return lines
 
 

@@ -337,6 +337,12 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
             tags={"schedule": config.name, "tick": tick.isoformat()}))
     finally:
         schedule.upload_study()
+        if config.code_folders():
+            # Ray packs the sweep's own code (the job's working_dir) when the driver connects; a
+            # connection kept for the next tick would run that tick on today's copy of the code.
+            import ray
+
+            ray.shutdown()
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
     best = (outcome.payload.get("best") or {}) if outcome.payload else {}
     schedule.write_tick(tick, status=status, exit_code=outcome.exit_code, finished=_now().isoformat(),

@@ -124,3 +124,26 @@ def test_a_tick_runs_with_the_schedules_options_and_its_own_tags(tmp_path, monke
     assert options.run_name == "smoke-20260101T010000Z" and not options.resume and options.reuse_dir
     assert options.tags == {"schedule": "smoke", "tick": tick.isoformat()}
     assert plan.status_of(tick) == "finished"
+
+
+@pytest.mark.parametrize("own_code", [True, False])
+def test_a_sweep_with_its_own_code_connects_afresh_each_tick_so_edits_reach_the_next(tmp_path, monkeypatch,
+                                                                                       own_code):
+    import ray
+
+    from search.commands import schedule as schedule_module
+    from search.commands.run import SweepOutcome
+
+    (tmp_path / "mymodel.py").write_text("def build(**kwargs):\n    raise NotImplementedError\n")
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text(("model: mymodel:build\n" if own_code else "") + "epochs: 1\n")
+    shutdowns = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(True))
+    monkeypatch.setattr(schedule_module, "run_sweep", lambda config, options: SweepOutcome(0, {}))
+    plan = Schedule(load_sweep(str(sweep), values={"storage": str(tmp_path / "runs")}),
+                    ScheduleOptions(cron="0 * * * *"))
+    plan.folder.mkdir(parents=True)
+    for hour in (1, 2):
+        assert schedule_module.run_tick(plan, datetime(2026, 1, 1, hour, 0, tzinfo=UTC), plan.options) == 0
+    # Ray packs a job's working_dir when the driver connects: only a new connection carries edited code.
+    assert shutdowns == ([True, True] if own_code else [])
