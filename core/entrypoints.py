@@ -31,6 +31,28 @@ def check_ref(value: str, key: str) -> None:
         raise UserError(f"{key}: {value!r} is not a callable reference ({REF_RULE}, e.g. my_models.wide:build)")
 
 
+TOOL_PACKAGES = ("core", "search", "spaces", "trainables", "bench")  # never the user's, wherever they lie
+INSTALLED = {".venv", "venv", "site-packages", "dist-packages"}
+
+
+def forget_modules_under(folders: Iterable[str | Path]) -> list[str]:
+    """Drop from `sys.modules` the user's modules imported from these folders, so that the next
+    import reads their files again (a scheduler's next tick sees an edit). This tool's own packages
+    and anything installed in a virtualenv under a folder stay. Returns the names dropped."""
+    roots = [Path(f).resolve() for f in folders]
+    dropped = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or name.partition(".")[0] in TOOL_PACKAGES:
+            continue
+        path = Path(file).resolve()
+        if any(path.is_relative_to(root) and not INSTALLED & set(path.relative_to(root).parts) for root in roots):
+            del sys.modules[name]
+            dropped.append(name)
+    importlib.invalidate_caches()
+    return dropped
+
+
 def add_to_path(folders: Iterable[str | Path]) -> None:
     """Put these folders first on `sys.path` (once each), so the user's modules import."""
     for folder in reversed([str(Path(f).resolve()) for f in folders]):

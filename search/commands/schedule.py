@@ -338,11 +338,15 @@ def run_tick(schedule: Schedule, tick: datetime, options: ScheduleOptions) -> in
     finally:
         schedule.upload_study()
         if config.code_folders():
-            # Ray packs the sweep's own code (the job's working_dir) when the driver connects; a
-            # connection kept for the next tick would run that tick on today's copy of the code.
+            # Ray packs the sweep's own code (the job's working_dir) when the driver connects, and
+            # this process keeps what it imported: the next tick starts both afresh, so it runs the
+            # code as it is then, in the trials and here (the model check, the test evaluation).
             import ray
 
+            from core.entrypoints import forget_modules_under
+
             ray.shutdown()
+            forget_modules_under(config.code_folders())
     status = "interrupted" if outcome.exit_code == EXIT_INTERRUPTED else "finished"
     best = (outcome.payload.get("best") or {}) if outcome.payload else {}
     schedule.write_tick(tick, status=status, exit_code=outcome.exit_code, finished=_now().isoformat(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -126,24 +127,36 @@ def test_a_tick_runs_with_the_schedules_options_and_its_own_tags(tmp_path, monke
     assert plan.status_of(tick) == "finished"
 
 
+
 @pytest.mark.parametrize("own_code", [True, False])
-def test_a_sweep_with_its_own_code_connects_afresh_each_tick_so_edits_reach_the_next(tmp_path, monkeypatch,
-                                                                                       own_code):
+def test_a_sweep_with_its_own_code_starts_afresh_each_tick_so_an_edit_reaches_the_next(tmp_path, monkeypatch,
+                                                                                         own_code):
+    import importlib
+
     import ray
 
     from search.commands import schedule as schedule_module
     from search.commands.run import SweepOutcome
 
-    (tmp_path / "mymodel.py").write_text("def build(**kwargs):\n    raise NotImplementedError\n")
+    code = tmp_path / "mymodel_for_ticks.py"
+    code.write_text("VERSION = 1\n\ndef build(**kwargs):\n    raise NotImplementedError\n")
     sweep = tmp_path / "mine.yaml"
-    sweep.write_text(("model: mymodel:build\n" if own_code else "") + "epochs: 1\n")
-    shutdowns = []
+    sweep.write_text(("model: mymodel_for_ticks:build\n" if own_code else "") + "epochs: 1\n")
+    shutdowns, versions = [], []
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(True))
-    monkeypatch.setattr(schedule_module, "run_sweep", lambda config, options: SweepOutcome(0, {}))
+    monkeypatch.setattr(schedule_module, "run_sweep", lambda config, options: versions.append(
+        importlib.import_module("mymodel_for_ticks").VERSION) or SweepOutcome(0, {}))
+    monkeypatch.syspath_prepend(str(tmp_path))
     plan = Schedule(load_sweep(str(sweep), values={"storage": str(tmp_path / "runs")}),
                     ScheduleOptions(cron="0 * * * *"))
     plan.folder.mkdir(parents=True)
-    for hour in (1, 2):
-        assert schedule_module.run_tick(plan, datetime(2026, 1, 1, hour, 0, tzinfo=UTC), plan.options) == 0
-    # Ray packs a job's working_dir when the driver connects: only a new connection carries edited code.
+    try:
+        for hour, version in ((1, 1), (2, 22)):
+            code.write_text(code.read_text().replace("VERSION = 1\n", f"VERSION = {version}\n"))
+            assert schedule_module.run_tick(plan, datetime(2026, 1, 1, hour, 0, tzinfo=UTC), plan.options) == 0
+    finally:
+        sys.modules.pop("mymodel_for_ticks", None)
+    # Ray packs a job's working_dir when the driver connects, and the driver keeps what it imported:
+    # only a new connection and a new import carry the edited code.
     assert shutdowns == ([True, True] if own_code else [])
+    assert versions == ([1, 22] if own_code else [1, 1])
