@@ -340,17 +340,26 @@ def startup_text(st: dict[str, Any], trials: int) -> str:
             "figure above counts all of these.")
 
 
+def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("cpu", "cores", "memory_gib", "python", "torch"))
+
+
+def _machine_words(m: dict[str, Any]) -> str:
+    """A machine unlike the header's: a shared VM can move between CPU models from one day to the next."""
+    return f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, PyTorch {m['torch']}"
+
+
 def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
-    any_result = next(iter(r.values()))
-    m = any_result["machine"]
     first = min(v["date"] for v in r.values())
     # Benchmarks run only when named, and any run on its own later (more than 12 hours after the
     # first result), are dated separately: the header's range is that of the one full run.
     named = {k: v for k, v in r.items() if k in NAMED_ONLY or _hours_between(first, v["date"]) > 12}
     dates = sorted(v["date"] for k, v in r.items() if k not in named)
-    later = "".join(f" `python -m bench {scale} {k}` ran on its own on {v['date']}, on the same machine." for k, v
-                    in named.items())
+    m = next(v for k, v in r.items() if k not in named)["machine"]
+    later = "".join(f" `python -m bench {scale} {k}` ran on its own on {v['date']}, on "
+                    + ("the same machine." if _same_machine(v["machine"], m) else f"{_machine_words(v['machine'])}.")
+                    for k, v in named.items())
     out = ["# Benchmarks", "",
            f"One run of `python -m bench {scale}` on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
            f"Python {m['python']}, PyTorch {m['torch']}, from {dates[0]} to {dates[-1]}.{later} The JSON behind "
