@@ -56,7 +56,7 @@ def test_the_common_budget_is_the_largest_rung_that_eight_trials_reached():
     from search.report import common_budget, value_at
     from spaces import load_sweep
 
-    config = load_sweep("default")  # ASHA rungs 1, 3, 9 of 12 epochs
+    config = load_sweep("default", ["epochs=12", "scheduler.grace_period=1"])  # ASHA rungs 1, 3, 9 of 12 epochs
     trials = [_trial(f"t{i}", e) for i, e in enumerate([12, 12, 9, 9, 9, 9, 3, 3, 3, 3, 1, 1])]
     assert common_budget(trials, config) == (3, 10)  # 9 epochs: 6 trials; 3 epochs: 10
     trials += [_trial("late1", 9), _trial("late2", 9), _trial("broken", 12, errored=True)]
