@@ -27,7 +27,7 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
         if "subset" in settings:  # smoke: the same path on a tiny budget
             document["search"]["num_samples"] = settings["num_samples"]
             document["epochs"] = settings["epochs"]
-            document["scheduler"]["max_t"] = None
+            document["scheduler"].update(max_t=None, grace_period=1)
             document["data"]["subset"] = settings["subset"]
         with tempfile.TemporaryDirectory() as storage:
             results = sweep(document, Path(storage), f"default-seed{seed}")
