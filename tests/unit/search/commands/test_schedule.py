@@ -127,7 +127,6 @@ def test_a_tick_runs_with_the_schedules_options_and_its_own_tags(tmp_path, monke
     assert plan.status_of(tick) == "finished"
 
 
-
 @pytest.mark.parametrize("own_code", [True, False])
 def test_a_sweep_with_its_own_code_starts_afresh_each_tick_so_an_edit_reaches_the_next(tmp_path, monkeypatch,
                                                                                          own_code):
