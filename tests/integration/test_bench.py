@@ -19,7 +19,7 @@ EXPECTED = {
     "cli_errors": "median_s", "throughput": "profile_1_thread", "overhead": "ratio",
     "tracking_overhead": "mlflow_share_of_epoch_http", "sweep_efficiency": "efficiency",
     "driver_overhead": "driver_rss_mib",
-    "search_quality": "comparisons", "seed_table": "table", "best_model": "best", "seed_ablation": "table",
+    "search_quality": "comparisons", "seed_table": "table", "best_model": "median_test_acc", "seed_ablation": "table",
 }
 
 
@@ -52,6 +52,9 @@ def test_smoke_run_of_every_benchmark_writes_results_and_a_report(base_env, tmp_
     assert "## Driver overhead over a long sweep" in text and "| 3b. Driver overhead: 6 trivial trials" in text
     assert "## Search quality on Fashion-MNIST" in text and "| 4c. Fashion-MNIST, Optuna + ASHA vs random" in text
     assert "## The seed's table, with statistics" in text and "seed_bn (2 seeds, 1 epochs) | test_acc" in text
+    best = json.loads((tmp_path / "smoke" / "best_model.json").read_text())
+    assert [run["seed"] for run in best["runs"]] == [0, 1]  # the default sweep once per sampler seed
+    assert "| 7. Best test accuracy of `tune run default` (median over 2 sampler seed(s)" in text
 
 
 def test_the_gpu_benchmark_s_cpu_dry_run_takes_every_step(base_env, tmp_path):
