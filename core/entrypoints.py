@@ -60,6 +60,34 @@ def add_to_path(folders: Iterable[str | Path]) -> None:
             sys.path.insert(0, folder)
 
 
+def check_origin(ref: str, key: str, folders: Iterable[Path], packages: Iterable[str] = ()) -> None:
+    """Refuse a callable whose module lies outside what a sweep file may name code from: its code
+    folders, this tool's packages, and the installed packages it lists under `packages:`. The
+    module is found, not imported: nothing outside those runs (`model: os:system` is refused)."""
+    import importlib.util
+
+    check_ref(ref, key)
+    top = ref.partition(":")[0].partition(".")[0]
+    if top in TOOL_PACKAGES or top in set(packages):
+        return
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return  # `resolve` says it does not exist, with where it looked
+    places = [spec.origin] if spec.has_location and spec.origin else list(spec.submodule_search_locations or [])
+    roots = [Path(f).resolve() for f in folders]
+    for place in map(Path, places):
+        path = place.resolve()
+        if any(path.is_relative_to(r) and not INSTALLED & set(path.relative_to(r).parts) for r in roots):
+            return
+    where = ", ".join(str(r) for r in roots) or "none: the sweep names no code folder"
+    raise UserError(f"{key}: {ref}: module {top} is not in the sweep's code folder ({where}) nor one of this "
+                    f"tool's packages; a sweep file names code only from those, or from installed packages it "
+                    f"lists (packages: [{top}])")
+
+
 def resolve(ref: str, key: str) -> Callable[..., Any]:
     """Import `module:name` and return the callable; any failure is one line naming `key` and `ref`."""
     check_ref(ref, key)

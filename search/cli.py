@@ -209,6 +209,8 @@ def run_and_exit(start: Callable[[], Any], as_json: bool) -> None:
 @click.option("--levels", "level_specs", multiple=True, metavar="KEY=A,B",
               help="Levels of a numeric factor, e.g. --levels lr=1e-3,3e-3 (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--sweep", "code_from", metavar="FILE", help="The sweep file whose code (model:, trainable:, "
+              "data.dataset:, code:) ablates a run of a sweep with its own code (a run folder never names code).")
 @click.option("--name", "run_name", help="Name of this run (default: <sweep>-ablate-<UTC time>).")
 @click.option("--storage", help="Where results go, and where a run named by SOURCE is looked up (default: "
               "SWEEP_STORAGE, else ./runs).")
@@ -220,8 +222,9 @@ def run_and_exit(start: Callable[[], Any], as_json: bool) -> None:
               "on stdout.")
 @click.option("--dashboard-host", help="Address the local Ray dashboard listens on (default: 127.0.0.1).")
 def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_specs: tuple[str, ...],
-           overrides: tuple[str, ...], run_name: str | None, storage: str | None, tracking_uri: str | None,
-           address: str | None, resume: bool, dry_run: bool, as_json: bool, dashboard_host: str | None) -> None:
+           overrides: tuple[str, ...], code_from: str | None, run_name: str | None, storage: str | None,
+           tracking_uri: str | None, address: str | None, resume: bool, dry_run: bool, as_json: bool,
+           dashboard_host: str | None) -> None:
     """Train every combination of some factors' levels × seeds, the rest fixed at SOURCE's best
     configuration (a finished run: its name, folder or URI) or at a sweep file's fixed values; report
     each factor's effect with a 95% confidence interval."""
@@ -238,7 +241,8 @@ def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_spec
 
     lookup = storage or env.storage or "runs"
     plan = plan_ablation(source, [f.strip() for f in factors.split(",") if f.strip()], seeds, epochs=epochs,
-                         levels=parse_levels(level_specs), overrides=overrides, storage=lookup)
+                         levels=parse_levels(level_specs), overrides=overrides, storage=lookup,
+                         code_from=code_from)
     if storage or env.storage:
         plan = plan.with_storage(storage or env.storage)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,

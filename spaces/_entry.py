@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.entrypoints import add_to_path, parameters, resolve
+from core.entrypoints import add_to_path, check_origin, parameters, resolve
 from core.errors import UserError
 from core.names import MODEL_SWITCHES
 from spaces._schema import SweepConfig
@@ -20,6 +20,8 @@ def check_entry_points(config: SweepConfig) -> None:
             raise UserError(f"code: {folder}: no such folder (it holds the modules that `model:` or "
                             "`data.dataset:` name; relative to the sweep file)")
     add_to_path(folders)
+    for key, ref in config.code_refs().items():  # found where an import would find them; nothing imported yet
+        check_origin(ref, key, folders, config.packages)
     if config.trainable:
         _check_trainable(config.trainable)
     if config.model:

@@ -183,6 +183,8 @@ class SweepConfig(_Section):
     model: str | None = None  # `package.module:callable` building the network; None: the seed network
     trainable: str | None = None  # `package.module:callable`: a Ray Tune function trainable, run as it is
     code: str | None = None  # folder of the user's modules, relative to the sweep file (default: its folder)
+    # installed packages the callables may come from besides `code:` and the tool's own, e.g. [timm]
+    packages: list[str] = Field(default_factory=list, max_length=50)
     metric: str = Field("val_loss", pattern=r"^[A-Za-z0-9_./-]{1,250}$")  # a `trainable:` may report any
     mode: Literal["min", "max"] | None = None
     epochs: int = Field(10, ge=1, le=10_000)
@@ -194,6 +196,14 @@ class SweepConfig(_Section):
     storage: str = "runs"
     mlflow: Mlflow = Mlflow()
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("packages")
+    @classmethod
+    def _check_packages(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", name):
+                raise ValueError(f"{name!r} is not a top-level package name (e.g. timm)")
+        return value
 
     @field_validator("model", "trainable")
     @classmethod
@@ -298,6 +308,12 @@ class SweepConfig(_Section):
         """The fixed part of every trial's config (values that are not searched)."""
         fixed = {k: v for k, v in self.space_entries().items() if not is_distribution(v)}
         return {**fixed, "epochs": self.epochs}
+
+    def code_refs(self) -> dict[str, str]:
+        """The callables the sweep names, by key: `model`, `trainable`, `data.dataset`."""
+        refs = {"model": self.model, "trainable": self.trainable,
+                "data.dataset": self.data.dataset if self.data.is_custom else None}
+        return {k: v for k, v in refs.items() if v}
 
     def code_folders(self) -> list[Path]:
         """Where the user's modules are: the `code:` folder (relative to the sweep file), else the

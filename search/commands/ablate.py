@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.entrypoints import is_ref
 from core.errors import UserError
 from core.urls import is_redacted
 from search.commands.options import RunOptions
@@ -62,9 +63,13 @@ def parse_levels(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 def plan_ablation(source: str, factors: Sequence[str], seeds: int, *, epochs: int | None = None,
                   levels: Mapping[str, list[Any]] | None = None, overrides: Sequence[str] = (),
-                  storage: str = "runs") -> AblationPlan:
+                  storage: str = "runs", code_from: str | None = None) -> AblationPlan:
     """The ablation sweep of `source`: a finished run (its folder, a URI, or its name in `storage`),
-    whose best configuration fixes every other key, or a sweep file, whose fixed values do."""
+    whose best configuration fixes every other key, or a sweep file, whose fixed values do.
+
+    A run folder is data: its scores and configuration are used, never the code, server or store it
+    names. A run of a sweep with its own code is ablated with the callables of the sweep file the
+    user names (`code_from`, `--sweep FILE`)."""
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: must be at least 1 (5 or more give a t-test)")
     if not factors:
@@ -73,9 +78,12 @@ def plan_ablation(source: str, factors: Sequence[str], seeds: int, *, epochs: in
     if unknown := [k for k in levels if k not in factors]:
         raise UserError(f"--levels {unknown[0]}: not one of --factors ({', '.join(factors)})")
     run = _finished_run(source, storage)
+    if run is None and code_from is not None:
+        raise UserError(f"--sweep {code_from}: names the code of a run's ablation; {source} is a sweep file already")
     if run is not None:
         base, fixed, where = run
-        source_config = validate_sweep({k: v for k, v in base.items() if k != "source"}, _source_path(base))
+        base, code_source = _run_document(base, where, code_from, storage)
+        source_config = validate_sweep(base, code_source)
     else:
         source_config = _sweep_file(source, overrides, storage)
         base, where = source_config.document(), str(source_config.source)
@@ -85,11 +93,11 @@ def plan_ablation(source: str, factors: Sequence[str], seeds: int, *, epochs: in
         raise UserError(f"space.{searched[0]} is searched by {source_config.name}: fix it (--set "
                         f"{searched[0]}=VALUE) or make it a factor; an ablation varies only its factors and seeds")
     document = _ablation_document(base, fixed, chosen, seeds, epochs)
-    tracking_uri = source_config.mlflow.tracking_uri  # a run folder's has its password as *** (not saved)
+    tracking_uri = source_config.mlflow.tracking_uri  # a sweep file's (a run folder's is dropped)
     document["mlflow"] = {"tracking_uri": None if is_redacted(tracking_uri) else tracking_uri}
     for override in overrides if run is not None else ():  # a sweep file had them applied already
         apply_override(document, override)
-    config = validate_sweep(document, _source_path(base))
+    config = validate_sweep(document, source_config.source)
     check_entry_points(config)  # a run's own model or trainable: imported here, as `tune run` does
     return AblationPlan(config, chosen, seeds, where)
 
@@ -109,6 +117,33 @@ def _finished_run(source: str, storage: str) -> tuple[dict, dict, str] | None:
     return saved, dict(results["best"]["config"]), experiment.uri
 
 
+CODE_KEYS = ("model", "trainable", "code")
+
+
+def _run_document(saved: Mapping[str, Any], where: str, code_from: str | None, storage: str
+                  ) -> tuple[dict[str, Any], Path | None]:
+    """A finished run's sweep document as data: without the file, store and tracking server it names
+    (the ablation writes to `storage`, tracks where flags and environment say), and with the code of
+    the user's sweep file `code_from` in place of the code it names. Returns it and that file."""
+    document = {k: copy.deepcopy(v) for k, v in saved.items() if k not in ("source", "mlflow", *CODE_KEYS)}
+    document["storage"] = storage
+    data = document.get("data") if isinstance(document.get("data"), dict) else {}
+    named = {k: saved[k] for k in CODE_KEYS if saved.get(k)}
+    if isinstance(data.get("dataset"), str) and is_ref(data["dataset"]):
+        named["data.dataset"] = data.pop("dataset")
+    if code_from is None:
+        if named:
+            key, value = next(iter(named.items()))
+            raise UserError(f"{where}: its sweep names code ({key}: {value}); a run folder never chooses code: "
+                            "name the sweep file that holds it with --sweep FILE")
+        return document, None
+    code = load_sweep(code_from)
+    document.update({k: getattr(code, k) for k in CODE_KEYS if getattr(code, k) is not None})
+    if code.data.is_custom:
+        document.setdefault("data", {})["dataset"] = code.data.dataset
+    return document, code.source
+
+
 def _sweep_file(source: str, overrides: Sequence[str], storage: str) -> SweepConfig:
     if "/" in source and not source.endswith((".yaml", ".yml")) and not Path(source).exists():
         raise UserError(f"{source}: no such run folder or sweep file")
@@ -118,10 +153,6 @@ def _sweep_file(source: str, overrides: Sequence[str], storage: str) -> SweepCon
         if "no such sweep file" in str(err):
             raise UserError(f"{source}: neither a finished run in {storage} nor a sweep file ({err})") from None
         raise
-
-
-def _source_path(document: Mapping[str, Any]) -> Path | None:
-    return Path(document["source"]) if document.get("source") else None
 
 
 def _levels(config: SweepConfig, factor: str, given: list[Any] | None) -> list[Any]:

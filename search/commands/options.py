@@ -8,13 +8,13 @@ continued (`RunSettings`) is saved with it, in `run.json`, and `--resume` uses i
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.errors import UserError
 from search.engine.storage import DEFAULT_DASHBOARD_HOST, RunSettings
+from search.settings import without_credentials
 from search.tracking.recorder import default_tracking_uri
 
 STORAGE_ENV = "SWEEP_STORAGE"
@@ -22,27 +22,6 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 MIN_TICK_INTERVAL_ENV = "SWEEP_SCHEDULE_MIN_INTERVAL_S"  # tests and demos lower it below a minute
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
-
-
-USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
-PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"  # noqa: S105 (the variable's name)
-
-
-def without_credentials(uri: str | None) -> str | None:
-    """A tracking URI without its `user:password@`. The credentials move to MLflow's own variables
-    (`MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`) for this process, so no saved file,
-    MLflow record or printed line holds them; `--resume` then needs them again (in the URI or
-    those variables)."""
-    if not uri or "@" not in uri:
-        return uri
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None:
-        return uri
-    os.environ[USERNAME_ENV] = urllib.parse.unquote(parts.username)
-    if parts.password is not None:
-        os.environ[PASSWORD_ENV] = urllib.parse.unquote(parts.password)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -59,7 +38,7 @@ class Environment:
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
         env = os.environ if environ is None else environ
         return cls(storage=env.get(STORAGE_ENV) or None,
-                   tracking_uri=without_credentials(env.get(TRACKING_URI_ENV) or None),
+                   tracking_uri=without_credentials(env.get(TRACKING_URI_ENV) or None, TRACKING_URI_ENV),
                    ray_address=env.get(RAY_ADDRESS_ENV) or None,
                    ray_auth_disabled=env.get(RAY_AUTH_MODE_ENV, "").lower() == "disabled",
                    min_tick_interval_s=_seconds(env, MIN_TICK_INTERVAL_ENV, 60.0))

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -349,15 +349,16 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
                     timeout_s: float) -> SyncReport:
     """`tune sync-mlflow`: replay the sweep run in `experiment_dir` into MLflow.
 
-    The store is `tracking_uri` when given, else the one the run was started with (saved in
-    run.json; an `env_tracking_uri` naming another store is refused rather than silently
-    switched from); a run saved before that was recorded falls back to the sweep's store, then
-    `env_tracking_uri`, then SQLite beside the results. The sweep file named in sweep.json is not
-    uploaded (the folder is not trusted to name files on this machine); the resolved sweep is.
+    The store is `tracking_uri` when given, else `env_tracking_uri` (refused when it names another
+    store than the one the run was started with: never switched silently), else the store the run
+    folder names, which may only be the SQLite store beside it (`search.settings.store_from_folder`:
+    a folder never chooses a server or a database elsewhere). The sweep file named in sweep.json is
+    not uploaded (the folder is not trusted to name files on this machine); the resolved sweep is.
     """
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
     from search.engine.trials import checkpoint_in_run, read_trials, recorded_trials
+    from search.settings import normalize_uri, store_from_folder
     from search.tracking.recorder import default_tracking_uri, target_for
     from spaces import validate_sweep
 
@@ -371,15 +372,19 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     config = validate_sweep(saved)
     run = experiment.read_json(RUN_FILE) or {}
     settings = RunSettings.from_json(run)
-    if settings is not None and not tracking_uri:
-        settings.refuse_another_store(env_tracking_uri, experiment_dir, "pass --tracking-uri to choose the store")
-    store = (tracking_uri or (settings and settings.tracking_uri) or config.mlflow.tracking_uri or env_tracking_uri
-             or default_tracking_uri(local_root(experiment)))
-    named_by_user = store in (tracking_uri, env_tracking_uri)
-    if store.startswith(("http://", "https://")) and not named_by_user:
-        # The folder is not trusted to choose a server: it would receive this user's MLflow credentials.
-        raise UserError(f"{experiment_dir} names the tracking server {store}; replay there only by naming it "
-                        f"yourself: --tracking-uri {store}")
+    own_store = default_tracking_uri(local_root(experiment))
+    if settings is not None:  # as data: normalised, before any comparison
+        settings = replace(settings, tracking_uri=normalize_uri(settings.tracking_uri, f"{experiment_dir}: {RUN_FILE}"))
+    if tracking_uri:
+        store = tracking_uri
+    elif env_tracking_uri:
+        if settings is not None:
+            settings.refuse_another_store(env_tracking_uri, experiment_dir, "pass --tracking-uri to choose the store")
+        store = env_tracking_uri
+    elif settings is not None:
+        store = store_from_folder(settings.tracking_uri, f"{experiment_dir}: {RUN_FILE}", own_store)
+    else:
+        store = store_from_folder(config.mlflow.tracking_uri, f"{experiment_dir}: {SWEEP_FILE}", own_store)
     target = target_for(config, run_name, store, local_root(experiment))
     # A finished run is replayed as the tool recorded it at its end; an interrupted one from Tune's last
     # state (on cloud storage an older driver's state can still be the newest uploaded).

@@ -117,6 +117,9 @@ def project(tmp_path, monkeypatch):
     ({"data__dataset": "DATA:nothing"}, "has no attribute 'nothing'"),
     ({"data__dataset": "cifar10"}, "'cifar10' is neither a built-in dataset"),
     ({"code": "no-such-folder"}, "code: "),
+    ({"model": "os:system"}, "model: os:system: module os is not in the sweep's code folder"),
+    ({"model": "builtins:exec"}, "model: builtins:exec: module builtins is not in the sweep's code folder"),
+    ({"data__dataset": "subprocess:getoutput"}, "data.dataset: subprocess:getoutput: module subprocess is not in"),
     ({"model": None, "data": None, "trainable": "MODELS:two_arguments", "metric": "val_loss"},
      "trainable: MODELS:two_arguments takes (config, data), but a Ray Tune function trainable takes one argument"),
     ({"model": None, "data": None, "trainable": "MODELS:absent", "metric": "val_loss"}, "has no attribute 'absent'"),
@@ -223,3 +226,60 @@ def test_tune_train_names_the_way_to_run_a_trainable(project, capfd):
     code, out, err = run_main(["train", project(model=None, data=None, trainable="MODELS:train_fn",
                                                 metric="val_loss")], capfd)
     assert code == 2 and out == "" and "runs its own trainable" in err and "use tune run" in err
+
+
+def test_a_callable_from_an_installed_package_needs_the_package_listed(project, capfd, tmp_path):
+    marker = tmp_path / "ran"
+    code, _, err = run_main(["run", project(model="os:system", space={"command": f"touch {marker}"}), "--dry-run"],
+                            capfd)
+    assert code == 2 and "lists (packages: [os])" in err and not marker.exists()
+    # listed, it is the user's choice, made in the file: resolved (and then refused for what it is)
+    code, _, err = run_main(["run", project(model="os:system", packages=["os"], space={"command": "true"}),
+                             "--dry-run"], capfd)
+    assert code == 2 and "is not in the sweep's code folder" not in err
+
+
+def _crafted_run(folder, tag: str, model: str):
+    """A finished run folder whose sweep.json names code (planted beside it) and a tracking server."""
+    from spaces import load_sweep
+
+    run = folder / "runs" / "crafted"
+    run.mkdir(parents=True)
+    (run / "evil.py").write_text(f"import pathlib\npathlib.Path({str(folder / 'ran')!r}).write_text('x')\n"
+                                 "def build(**kw):\n    raise SystemExit('ran')\n")
+    document = load_sweep("smoke").document()
+    document.update({"model": model, "source": str(run / "sweep.yaml"), "storage": str(folder / "planted"),
+                     "mlflow": {"tracking_uri": "http://127.0.0.1:9/collector"}})
+    (run / "sweep.json").write_text(json.dumps(document))
+    best = {"trial_id": "t1", "config": {"batch_norm": True, "skip": True, "lr": 0.001, "l2": 1e-5,
+                                          "dropout": 0.1, "batch_size": 64, "seed": 0}, "score": 0.1}
+    (run / "results.json").write_text(json.dumps({"status": "finished", "best": best}))
+    return run
+
+
+def test_ablate_never_runs_code_a_run_folder_names(tmp_path, capfd):
+    run = _crafted_run(tmp_path, "x", "evil:build")
+    code, _, err = run_main(["ablate", str(run), "--factors", "batch_norm", "--seeds", "2", "--dry-run"], capfd)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its sweep names code (model: evil:build); a run folder never chooses code: name the sweep file" in err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "planted").exists()
+
+
+def test_ablate_takes_code_from_the_sweep_file_the_user_names(project, tmp_path, monkeypatch):
+    from search.commands.ablate import plan_ablation
+
+    tag = next(p for p in tmp_path.glob("models_*.py")).stem.removeprefix("models_")
+    run = _crafted_run(tmp_path, tag, "evil:build")
+    document = json.loads((run / "sweep.json").read_text())
+    document["space"] = {"width": 4, "seed": 0, "lr": 0.001}
+    document["data"] = {"dataset": "evil:load"}
+    (run / "sweep.json").write_text(json.dumps(document))
+    (run / "results.json").write_text(json.dumps({"status": "finished", "best": {
+        "trial_id": "t1", "config": {"width": 4, "lr": 0.001, "seed": 0}, "score": 0.1}}))
+    mine = project(space={"width": {"choice": [4, 8]}, "lr": 0.001})
+    plan = plan_ablation(str(run), ["width"], 2, levels={"width": [4, 8]}, storage=str(tmp_path / "mine"),
+                         code_from=mine)
+    assert plan.config.model == f"models_{tag}:build" and plan.config.data.dataset == f"data_{tag}:load"
+    assert str(plan.config.source) == mine
+    assert plan.config.storage == str(tmp_path / "mine") and plan.config.mlflow.tracking_uri is None
+    assert not (tmp_path / "ran").exists()

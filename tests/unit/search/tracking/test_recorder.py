@@ -149,7 +149,7 @@ def test_sync_mlflow_does_not_let_a_run_folder_choose_a_tracking_server(tmp_path
     folder.mkdir(parents=True)
     (folder / SWEEP_FILE).write_text(json.dumps(load_sweep("smoke").document()))
     (folder / RUN_FILE).write_text(json.dumps({"settings": {"tracking_uri": "http://collector.example:5000"}}))
-    expected = "names the tracking server http://collector.example:5000; replay there only"
+    expected = "names the tracking server http://collector.example:5000; a run folder never chooses where records go"
     with pytest.raises(UserError, match=re.escape(expected)):
         sync_experiment(str(folder), None, None, timeout_s=1)
 
