@@ -17,6 +17,7 @@ from bench import (
     overhead,
     search_quality,
     seed_ablation,
+    simulated,
     seed_table,
     sweep_efficiency,
     throughput,
@@ -33,6 +34,8 @@ ORDER = [
     ("sweep_efficiency", lambda scale: sweep_efficiency.run(sweep_efficiency.SETTINGS[scale])),
     ("driver_overhead", lambda scale: driver_overhead.run(driver_overhead.SETTINGS[scale])),
     ("search_quality", lambda scale: search_quality.run(search_quality.SETTINGS[scale])),
+    # Searchers and schedulers in simulated time: hundreds of trials, 20+ seeds, 4 and 32 workers.
+    ("simulated", lambda scale: simulated.run(simulated.SETTINGS[scale], scale)),
     ("seed_table", lambda scale: seed_table.run(seed_table.SETTINGS[scale])),
     ("seed_ablation", lambda scale: seed_ablation.run(seed_ablation.SETTINGS[scale])),
     ("best_model", lambda scale: best_model.run(best_model.SETTINGS[scale])),

@@ -125,6 +125,8 @@ class Scheduler(_Section):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     max_t: int | None = Field(None, ge=1)
+    # ASHA: below this many results at a rung, only a trial better than all of them goes on (0: Ray's rule)
+    min_peers: int = Field(0, ge=0, le=1000)
 
 
 class Resources(_Section):
@@ -349,6 +351,9 @@ def _check_scheduler(scheduler: Scheduler, epochs: int) -> None:
     if scheduler.max_t > epochs:
         raise ValueError(f"scheduler.max_t is {scheduler.max_t}, but must be <= epochs ({epochs})")
     if scheduler.type != "asha":
+        if scheduler.min_peers:
+            raise ValueError(f"scheduler.min_peers is {scheduler.min_peers}, but a {scheduler.type} scheduler stops "
+                             "no trial: remove it, or use type asha")
         return
     if scheduler.grace_period > scheduler.max_t:
         raise ValueError(

@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from search.engine.optuna_bridge import BudgetAwareOptunaSearch, open_storage
+from search.engine.patient_asha import PatientASHAScheduler
 from spaces import SweepConfig, is_distribution
 from trainables.data import Data
 from trainables.trainable import train_trial
@@ -82,18 +83,18 @@ def build_searcher(config: SweepConfig, default_storage: str | None = None,
 
 
 def build_scheduler(config: SweepConfig) -> TrialScheduler:
-    """ASHA on epochs, or FIFO when early stopping is off."""
+    """ASHA on epochs (waiting for `min_peers` results at a rung when the sweep asks), or FIFO when early
+    stopping is off."""
     scheduler = config.scheduler
     if scheduler.type == "fifo":
         return FIFOScheduler()
     # ASHA counts epochs, not Tune's report counter: a trial restored from a checkpoint Tune
     # did not know about reports its true epoch. A trainable of the user's counts reports.
-    return ASHAScheduler(
-        time_attr=config.step_key,
-        max_t=scheduler.max_t,
-        grace_period=scheduler.grace_period,
-        reduction_factor=scheduler.reduction_factor,
-    )
+    rungs = {"time_attr": config.step_key, "max_t": scheduler.max_t, "grace_period": scheduler.grace_period,
+             "reduction_factor": scheduler.reduction_factor}
+    if scheduler.min_peers:
+        return PatientASHAScheduler(**rungs, min_peers=scheduler.min_peers)
+    return ASHAScheduler(**rungs)
 
 
 def build_trainable(config: SweepConfig, data: Data | None, experiment_uri: str) -> Any:
