@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS
+from bench.simulated_report import goal_rows, simulated_section
 
 NAMED_ONLY = ("bridge_vs_stock", "search_quality_fashion")  # benchmarks `python -m bench` runs only when named
 
@@ -126,6 +127,8 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]
     if "cli_errors" in r:
         rows.append(("A mistake in a sweep file reported (median wall time of `tune run bad.yaml`)",
                      f"{_num(r['cli_errors']['median_s'])} s", "< 1 s", _status(r["cli_errors"]["max_median_s"] < 1)))
+    if "simulated" in r:
+        rows += goal_rows(r["simulated"])
     return rows
 
 
@@ -449,6 +452,8 @@ def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
                 f"trials than the {q['trials']} that fit a benchmark run."]
     if "search_quality_fashion" in r:
         out += fashion_section(r["search_quality_fashion"])
+    if "simulated" in r:
+        out += simulated_section(r["simulated"])
     if "bridge_vs_stock" in r:
         out += bridge_section(r["bridge_vs_stock"], r.get("search_quality"))
     if "tracking_overhead" in r:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune.experiment import Experiment, Trial
 from ray.tune.schedulers import TrialScheduler
-from ray.tune.search import SearchAlgorithm, SearchGenerator, Searcher
+from ray.tune.search import SearchAlgorithm, Searcher, SearchGenerator
 
 from search.engine.tuner import build_param_space, build_scheduler, build_searcher
 from spaces import SweepConfig

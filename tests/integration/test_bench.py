@@ -19,7 +19,8 @@ EXPECTED = {
     "cli_errors": "median_s", "throughput": "profile_1_thread", "overhead": "ratio",
     "tracking_overhead": "mlflow_share_of_epoch_http", "sweep_efficiency": "efficiency",
     "driver_overhead": "driver_rss_mib",
-    "search_quality": "comparisons", "seed_table": "table", "best_model": "median_test_acc", "seed_ablation": "table",
+    "search_quality": "comparisons", "simulated": "benchmarks", "seed_table": "table",
+    "best_model": "median_test_acc", "seed_ablation": "table",
 }
 
 
