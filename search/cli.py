@@ -313,6 +313,8 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, s
         click.echo(json.dumps(results, indent=2))
     else:
         print_predictions(results)
+    if any(r["class"] is None for r in results):
+        sys.exit(2)  # each image that was not classified has its line above
 
 
 @cli.command("sync-mlflow")

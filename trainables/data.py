@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.files import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.
 
 def _parse_file(path: Path) -> tuple[np.ndarray, str]:
     """The array in an IDX file and the SHA-256 of its decompressed content."""
+    regular_file(path, "an IDX data file")
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_IDX_BYTES + 1)

@@ -20,6 +20,7 @@ import ray
 import torch
 from ray import tune
 
+from core.files import regular_file
 from trainables.data import Data
 from trainables.train import TrainingRun, TrainParams, build_model
 
@@ -69,7 +70,8 @@ def _restored_checkpoint(device: torch.device, experiment_uri: str | None
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+        state = torch.load(regular_file(Path(directory) / STATE_FILE, "a checkpoint's state"), map_location=device,
+                           weights_only=True)
         meta = Path(directory) / META_FILE
         history = json.loads(meta.read_text()).get("history", []) if meta.exists() else []
     return state, history
@@ -118,7 +120,8 @@ def load_checkpoint_model(checkpoint_dir: str | os.PathLike, config: dict[str, A
     """The best-validation network stored in a trial checkpoint, in eval mode, on the CPU, with the
     shape of the inputs it was trained on (`input_shape`)."""
     params = TrainParams.from_config(config, model_ref)
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = torch.load(regular_file(Path(checkpoint_dir) / STATE_FILE, "a checkpoint's state"), map_location="cpu",
+                       weights_only=True)
     model = build_model(params, int(state.get("num_classes", 10)))
     model.num_classes = int(state.get("num_classes", 10))
     model.input_shape = tuple(state.get("input_shape", (1, 28, 28)))

@@ -188,7 +188,9 @@ class MlflowRecorder:
         self.ensure_experiment()
         recorded = self._recorded()
         self.children.update(recorded.get("children", {}))
-        parent = self._active_run(recorded.get("parent_run_id")) or self._find_parent()
+        parent = (self._active_run(recorded.get("parent_run_id"), {SWEEP_RUN_TAG: self.target.run_name,
+                                                                    ROLE_TAG: "sweep"})
+                  or self._find_parent())
         if parent is None:
             run = self.client.create_run(
                 self.experiment_id, run_name=self.target.run_name,
@@ -203,7 +205,9 @@ class MlflowRecorder:
         self._save_ids()
         return self.parent_id
 
-    def _active_run(self, run_id: str | None) -> str | None:
+    def _active_run(self, run_id: str | None, tags: Mapping[str, str]) -> str | None:
+        """`run_id` when it is an active run of this experiment carrying `tags`: an id read back from a run
+        folder (`mlflow_runs.json`) is data, and never makes this tool take over a run it did not create."""
         from mlflow.exceptions import MlflowException
 
         if not run_id:
@@ -214,7 +218,9 @@ class MlflowRecorder:
             if err.get_http_status_code() == 404 or "not found" in str(err).lower():
                 return None
             raise
-        return run_id if run.info.lifecycle_stage == "active" else None
+        ours = run.info.experiment_id == self.experiment_id and all(
+            run.data.tags.get(k) == v for k, v in tags.items())
+        return run_id if ours and run.info.lifecycle_stage == "active" else None
 
     def _find_parent(self) -> str | None:
         runs = self.client.search_runs(
@@ -237,7 +243,8 @@ class MlflowRecorder:
 
     def ensure_child(self, trial_id: str) -> str:
         """The child run of `trial_id`: recorded, found under the parent, or created with its params."""
-        if trial_id in self.children and self._active_run(self.children[trial_id]):
+        if trial_id in self.children and self._active_run(self.children[trial_id], {
+                PARENT_TAG: self.parent_id, TRIAL_ID_TAG: trial_id}):
             self._load_logged(trial_id)
             return self.children[trial_id]
         runs = self.client.search_runs(

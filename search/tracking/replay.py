@@ -182,7 +182,8 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     """
     client, parent = recorder.client, recorder.parent_id
     existing = client.get_run(parent).data.tags
-    if existing.get(FINALIZED_TAG) == "true":
+    if existing.get(FINALIZED_TAG) == "true":  # a resumed or replayed run: it ended already, and ends FINISHED
+        client.set_terminated(parent, status="FINISHED")
         return existing.get(VERSION_TAG)
     results, tags = end.results, end.tags
     best = results.get("best")

@@ -175,3 +175,42 @@ def test_the_sweep_file_is_uploaded_without_the_passwords_it_holds(tmp_path):
         assert "db-secret-661" not in text and "optuna:***@db.example" in text
     assert "db-secret-661" not in str(params)
     assert "db-secret-661" in sweep.read_text()  # the user's own file is left alone
+
+
+def test_a_run_folder_cannot_hand_over_a_run_it_did_not_create(store):
+    """mlflow_runs.json naming another experiment's active run (or a child of another parent) is not
+    reused: a new parent and new children are made, and that run is left as it was."""
+    import json
+
+    target, experiment = store
+    client = MlflowClient(target.tracking_uri)
+    other = client.create_experiment(f"{target.experiment}-other")
+    victim = client.create_run(other, run_name="someone-elses").info.run_id
+    folder = Path(experiment.uri)
+    folder.mkdir(parents=True)
+    (folder / MLFLOW_IDS_FILE).write_text(json.dumps({"stores": {target.tracking_uri: {
+        "experiment_id": other, "parent_run_id": victim, "children": {"t1": victim}}}}))
+    recorder = MlflowRecorder(target, experiment)
+    parent = recorder.attach_parent({}, {})
+    recorder.remember_config("t1", {})
+    child = recorder.ensure_child("t1")
+    recorder.finish_child("t1", "completed", None)
+    assert victim not in (parent, child)
+    untouched = client.get_run(victim)
+    assert untouched.info.status == "RUNNING" and "status" not in untouched.data.tags
+
+
+def test_a_finalised_parent_attached_again_ends_finished(store):
+    """Resuming or replaying a finished sweep reopens its parent; finishing it again ends it FINISHED
+    (it stayed RUNNING: finalize_parent returned early for a finalised run)."""
+    from search.tracking.replay import FINALIZED_TAG, SweepEnd, finalize_parent
+
+    target, experiment = store
+    recorder = MlflowRecorder(target, experiment)
+    parent = recorder.attach_parent({}, {})
+    recorder.client.set_tag(parent, FINALIZED_TAG, "true")
+    recorder.client.set_terminated(parent, status="FINISHED")
+    for _ in range(2):  # `tune run --resume` of a finished run, then `tune sync-mlflow` twice
+        assert recorder.attach_parent({}, {}) == parent
+        finalize_parent(recorder, load_sweep("smoke"), [], SweepEnd(results={"status": "finished", "counts": {}}))
+        assert recorder.client.get_run(parent).info.status == "FINISHED"
