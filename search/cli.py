@@ -83,7 +83,8 @@ def load_run_config(sweep: str, overrides: Sequence[str], values: Mapping[str, A
     if env.storage and not flagged:
         config = config.model_copy(update={"storage": env.storage})
     if config.mlflow.tracking_uri:  # never saved or logged with credentials in it
-        mlflow = config.mlflow.model_copy(update={"tracking_uri": without_credentials(config.mlflow.tracking_uri)})
+        mlflow = config.mlflow.model_copy(update={"tracking_uri": without_credentials(
+            config.mlflow.tracking_uri, f"{config.source or '--set'}: mlflow.tracking_uri")})
         config = config.model_copy(update={"mlflow": mlflow})
     return config
 

@@ -48,9 +48,28 @@ def _shown(text: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", text)
 
 
+def uri_scheme(uri: str) -> str:
+    """The scheme of a URI as MLflow and requests read it: spaces stripped, lower-cased ('' for a path)."""
+    try:
+        return urllib.parse.urlsplit(uri.strip()).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def is_http(uri: str) -> bool:
+    """Whether a tracking URI names an MLflow server (HTTP or HTTPS)."""
+    return uri_scheme(uri) in ("http", "https")
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The file of an SQLite store's URI (`sqlite:///path`), else None."""
+    text = uri.strip()
+    return text[len("sqlite:///"):] if uri_scheme(text) == "sqlite" and text[6:10] == ":///" else None
+
+
 def is_remote_store(uri: str) -> bool:
     """Whether a (normalised) tracking URI names a server, which would receive the user's credentials."""
-    return urllib.parse.urlsplit(uri).scheme in REMOTE_TRACKING_SCHEMES
+    return uri_scheme(uri) in REMOTE_TRACKING_SCHEMES
 
 
 def without_credentials(uri: str | None, where: str = "--tracking-uri") -> str | None:

@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 class _Distribution(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     kind: ClassVar[str]
 
     def grid_size(self) -> int:

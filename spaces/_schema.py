@@ -28,6 +28,7 @@ FLOAT_KINDS = ("choice", "grid", "uniform", "loguniform")
 INT_KINDS = ("choice", "grid", "int")
 STR_KINDS = ("choice", "grid")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+MAX_EXPERIMENT_CHARS = 500  # MLflow's limit on an experiment's name (mlflow.utils.validation)
 NAME_RULE = "1-100 letters, digits, _ . or -, starting with a letter or digit"
 MAX_TRIALS = 100_000  # grid combinations × num_samples; a larger sweep is a typo, not a plan
 MAX_RUNGS = 32  # Ray's ASHA allocates a list per rung: a reduction_factor near 1 would never finish
@@ -51,7 +52,7 @@ Augment = Literal[AUGMENTS]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Space(_Section):
@@ -61,7 +62,7 @@ class Space(_Section):
     signature when the file is loaded) or a `trainable:`'s config; without either they are refused.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     __pydantic_extra__: dict[str, open_spec()]  # type: ignore[valid-type]
 
     batch_norm: param_spec(bool, BOOL_KINDS) = True
@@ -116,6 +117,15 @@ class Search(_Section):
     study_name: str | None = Field(None, pattern=NAME_PATTERN)
     stop: Stop = Stop()
     start_from: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)  # evaluated first
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        """A journal file's path must not name a folder (Optuna would fail after Ray has started)."""
+        if value is not None and "://" not in value and Path(value).is_dir():
+            raise ValueError(f"{value} is a folder, but must be an Optuna journal file (e.g. {value}/study.log) "
+                             "or a database URL")
+        return value
 
 
 class Scheduler(_Section):
@@ -173,7 +183,7 @@ class Mlflow(_Section):
     """Where results are tracked; defaults derive from the sweep name and storage."""
 
     tracking_uri: str | None = None
-    experiment: str | None = None
+    experiment: str | None = Field(None, min_length=1, max_length=MAX_EXPERIMENT_CHARS)
     registered_model: str | None = Field(None, pattern=NAME_PATTERN)
 
 

@@ -65,6 +65,13 @@ def parse_cron(expression: str, tz: str, min_interval_s: float = 60.0) -> tuple[
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise UserError(f"--timezone '{tz}': unknown time zone (e.g. UTC, Europe/Berlin)") from None
+    from croniter import CroniterBadDateError
+
+    try:  # a date that never comes (30 February) parses, then has no tick: croniter gives up after years
+        croniter(expression, datetime(2026, 1, 1, tzinfo=zone), second_at_beginning=with_seconds).get_next(float)
+    except CroniterBadDateError:
+        raise UserError(f"--cron '{expression}': names no date that exists (e.g. 30 February): it would never "
+                        "tick") from None
     if with_seconds or min_interval_s > 60:  # five fields are a minute apart at least
         # Every gap of a cron expression shows within its first 1,000 ticks unless it repeats less
         # often than that, e.g. two seconds of one minute a day: 1,000 days, checked in milliseconds.

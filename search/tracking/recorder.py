@@ -24,6 +24,7 @@ from core.errors import UserError
 from core.urls import redact_uri
 from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
 from search.report import is_metric
+from search.settings import is_http, sqlite_path, uri_scheme
 from spaces import SweepConfig, is_distribution
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def default_tracking_uri(local_root: Path) -> str:
 
 def target_for(config: SweepConfig, run_name: str, tracking_uri: str, local_root: Path) -> TrackingTarget:
     """Where a run is tracked; a SQLite store keeps its artifacts in `mlartifacts/` beside the results."""
-    artifacts = (local_root / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
+    artifacts = (local_root / "mlartifacts").as_uri() if uri_scheme(tracking_uri) == "sqlite" else None
     return TrackingTarget(tracking_uri, config.mlflow.experiment or config.name, run_name, artifacts)
 
 
@@ -66,9 +67,9 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
     between would leave a store no later run can open. So a new store is migrated in a
     temporary file and renamed into place.
     """
-    if not tracking_uri.startswith("sqlite:///"):
+    if sqlite_path(tracking_uri) is None:
         return
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    path = Path(sqlite_path(tracking_uri))
     if path.exists():
         return
     from mlflow.tracking import MlflowClient
@@ -94,7 +95,9 @@ def check_tracking_access(tracking_uri: str, experiment: str, run_name: str) -> 
     let this user write to it: the check writes the experiment's `last_sweep_run` tag, which needs
     the permission logging runs does. A server that does not answer is left to the writer, which
     keeps every record until it is back."""
-    if not tracking_uri.startswith(("http://", "https://")):
+    if sqlite_path(tracking_uri) is not None:
+        _check_store_folder(Path(sqlite_path(tracking_uri)))
+    if not is_http(tracking_uri):
         return
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -116,12 +119,27 @@ def check_tracking_access(tracking_uri: str, experiment: str, run_name: str) -> 
                     "for the server", where, str(err).splitlines()[0][:200])
 
 
+def _check_store_folder(path: Path) -> None:
+    """An SQLite store's file can be created: the nearest existing folder above it is a writable folder."""
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"MLflow store {path}: exists but is not a file (a folder?)")
+        return
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"MLflow store {path}: {above} is a file, so the store's folder cannot be made there")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"MLflow store {path}: {above} is not writable")
+
+
 UI_ADDRESS = "http://127.0.0.1:5000"
 
 
 def ui_command(tracking_uri: str) -> str:
     """The exact command that opens the MLflow UI on this store (bound to loopback), safe to paste."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_http(tracking_uri):
         return f"open {shlex.quote(tracking_uri)}"
     return shlex.join(["mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", "5000"])
 
@@ -130,7 +148,7 @@ def runs_url(tracking_uri: str, experiment_id: str | None) -> str | None:
     """The UI page that lists a sweep's runs (MLflow 3 otherwise opens on its GenAI overview)."""
     if experiment_id is None:
         return None
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    base = tracking_uri.rstrip("/") if is_http(tracking_uri) else UI_ADDRESS
     return f"{base}/#/experiments/{experiment_id}/runs"
 
 

@@ -39,6 +39,17 @@ def run_main(args, capfd):
     (["run", "seed_bn", "--dry-run", "--set", "search.num_samples=50000"],
      "the sweep has 200000 trials (every grid combination × search.num_samples 50000); at most 100000"),
     (["run", "smoke", "--dry-run", "--set", "search.max_concurrent_trials=20000"], "search.max_concurrent_trials"),
+    # found late before (a traceback after Ray had started, or a silent acceptance): now before anything starts
+    (["run", "smoke", "--dry-run", "--set", "lr={loguniform: [1.0e-4, .inf]}"],
+     "space.lr.loguniform.high: Input should be a finite number, found inf"),
+    (["train", "--set", "lr=.inf"], "space.lr: Input should be a finite number, found inf"),
+    (["train", "--set", "dropout=.nan"], "space.dropout: Input should be a finite number, found nan"),
+    (["run", "smoke", "--dry-run", "--set", "mlflow.experiment=" + "e" * 501],
+     "mlflow.experiment: String should have at most 500 characters"),
+    (["run", "smoke", "--dry-run", "--set", "mlflow.tracking_uri=ftp://host/x"],
+     "smoke.yaml: mlflow.tracking_uri: ftp://host/x: unknown scheme 'ftp'"),
+    (["run", "smoke", "--dry-run", "--tracking-uri", "http://[::1/x"], "--tracking-uri: http://[::1/x: Invalid IPv6"),
+    (["schedule", "smoke", "--cron", "0 0 30 2 *", "--once"], "names no date that exists (e.g. 30 February)"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, expected, capfd):
     code, out, err = run_main(args, capfd)
@@ -106,3 +117,34 @@ def test_a_dry_run_never_prints_a_database_password(capfd):
     code, out, err = run_main(["run", "smoke", "--dry-run", "--set",
                                "search.storage=postgresql://optuna:db-secret-661@db.example/studies"], capfd)
     assert code == 0 and "db-secret-661" not in out + err
+
+
+def test_input_that_failed_after_ray_started_is_refused_before(tmp_path, capfd, monkeypatch):
+    """A duplicate key, a blank SWEEP_STORAGE, an Optuna journal that is a folder: one line, exit 2, and no
+    run folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dup.yaml").write_text("name: dup\nepochs: 1\nepochs: 2\n")
+    (tmp_path / "a-folder").mkdir()
+    cases = [
+        (["run", "dup.yaml", "--dry-run"], {}, "dup.yaml: line 3, column 1: duplicate key 'epochs'"),
+        (["run", "smoke", "--dry-run"], {"SWEEP_STORAGE": "   "}, "SWEEP_STORAGE is blank"),
+        (["run", "smoke", "--dry-run", "--set", f"search.storage={tmp_path}/a-folder"], {},
+         "is a folder, but must be an Optuna journal file"),
+    ]
+    for args, env, expected in cases:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code, out, err = run_main(args, capfd)
+        assert code == 2 and expected in err and err.count("\n") == 1, err
+        for key in env:
+            monkeypatch.delenv(key)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_mlflow_store_under_a_file_is_refused_before_ray(tmp_path):
+    from search.tracking.recorder import check_tracking_access
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="a-file is a file, so the store's folder cannot be made there"):
+        check_tracking_access(f"sqlite:///{tmp_path}/a-file/sub/m.db", "smoke", "run-1")
+    check_tracking_access(f"sqlite:///{tmp_path}/new/m.db", "smoke", "run-1")  # a folder to be made: fine
