@@ -134,7 +134,7 @@ def test_input_that_failed_after_ray_started_is_refused_before(tmp_path, capfd, 
     for args, env, expected in cases:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        code, out, err = run_main(args, capfd)
+        code, _, err = run_main(args, capfd)
         assert code == 2 and expected in err and err.count("\n") == 1, err
         for key in env:
             monkeypatch.delenv(key)
