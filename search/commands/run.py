@@ -356,12 +356,16 @@ def resume_command(config: SweepConfig, experiment: ExperimentDir, settings: Run
 
 def _tracking_callback(config: SweepConfig, experiment: ExperimentDir, target: TrackingTarget,
                        tags: dict[str, str]) -> Any:
+    import atexit
+    import shutil
     import tempfile
 
     from search.tracking.callback import MlflowCallback
     from search.tracking.replay import parent_setup
 
     staging = Path(tempfile.mkdtemp(prefix="sweep-parent-"))
+    # the callback uploads these when its writer first reaches MLflow, at any time during the sweep
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
     parent_tags, params, artifacts = parent_setup(config, tags, staging)
     return MlflowCallback(target, experiment, config.scheduler.max_t, parent_tags, params, artifacts,
                           step_key=config.step_key)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -194,18 +195,35 @@ def check_writable(storage: str) -> None:
         )
 
 
-def _check_cloud_writable(storage: str) -> None:
-    """Write and delete a probe object, through pyarrow as Tune will write."""
-    import pyarrow.fs
+CLOUD_PROBE_TIMEOUT_S = 60.0  # pyarrow's GCS client retries for many minutes without a network
 
-    try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
-        probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
-    except (OSError, ValueError) as err:
-        raise UserError(f"storage {storage}: cannot write there ({cloud_error(err)})") from None
+
+def _check_cloud_writable(storage: str) -> None:
+    """Write and delete a probe object, through pyarrow as Tune will write; one that does not answer in
+    `CLOUD_PROBE_TIMEOUT_S` is named (the probe's thread is left behind: it holds nothing)."""
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        import pyarrow.fs
+
+        try:
+            fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+            path = f"{root}/.write-probe-{uuid.uuid4().hex}"
+            with fs.open_output_stream(path) as f:
+                f.write(b"ok")
+            fs.delete_file(path)
+            outcome.append(None)
+        except (OSError, ValueError) as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=probe, name="storage-probe", daemon=True)
+    thread.start()
+    thread.join(CLOUD_PROBE_TIMEOUT_S)
+    if not outcome:
+        raise UserError(f"storage {storage}: did not answer within {CLOUD_PROBE_TIMEOUT_S:g} s (no network, or "
+                        "no route to its endpoint?)")
+    if outcome[0] is not None:
+        raise UserError(f"storage {storage}: cannot write there ({cloud_error(outcome[0])})") from None
 
 
 def cloud_error(err: BaseException) -> str:

@@ -100,3 +100,27 @@ def test_a_schedule_keeps_its_lock_with_local_runs_or_in_the_state_directory(tmp
     assert cloud != schedule_folder("s3://bucket/other", "nightly")
     monkeypatch.chdir(tmp_path)  # the same from any folder
     assert schedule_folder("s3://bucket/sweeps", "nightly") == cloud
+
+
+def test_a_bucket_that_never_answers_is_named_not_waited_for(monkeypatch):
+    """pyarrow's GCS client retries for many minutes without a network: the probe gives up and says so."""
+    import threading
+    import types
+
+    from core.errors import UserError
+    from search.engine import storage
+
+    release = threading.Event()
+    monkeypatch.setattr(storage, "CLOUD_PROBE_TIMEOUT_S", 0.5)
+    def never_answers(uri):
+        release.wait(30)
+        raise OSError("gave up")
+
+    hanging = types.SimpleNamespace(FileSystem=types.SimpleNamespace(from_uri=never_answers))
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.fs", hanging)
+    monkeypatch.setattr(__import__("pyarrow"), "fs", hanging)
+    try:
+        with pytest.raises(UserError, match=r"storage gs://b/runs: did not answer within 0\.5 s"):
+            storage.check_writable("gs://b/runs")
+    finally:
+        release.set()
