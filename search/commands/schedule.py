@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import UserError
+from core.files import regular_file
 from search.commands.options import RunOptions
 from search.commands.run import EXIT_INTERRUPTED, run_sweep
 from search.engine.storage import (
@@ -82,6 +83,19 @@ def parse_cron(expression: str, tz: str, min_interval_s: float = 60.0) -> tuple[
             raise UserError(f"--cron '{expression}': ticks {gap:g} s apart, but a schedule ticks at most once "
                             f"every {min_interval_s:g} s (SWEEP_SCHEDULE_MIN_INTERVAL_S lowers that, for tests)")
     return expression, with_seconds, zone
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """A schedule's state file, or a `UserError` that says how to start over when it is damaged."""
+    try:
+        state = json.loads(regular_file(path, "a schedule's state").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("ticks"), dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in state["ticks"].items()):
+            raise ValueError("it does not hold {\"ticks\": {…}}")
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{path}: damaged ({' '.join(str(err).split())[:200]}); move it away to start the schedule's "
+                        "record afresh (its runs and study stay where they are)") from None
+    return state
 
 
 class Schedule:
@@ -146,7 +160,7 @@ class Schedule:
         """The ticks so far: read from state.json once (a previous scheduler's), then kept in memory."""
         if self._state is None:
             path = self.folder / STATE_FILE
-            self._state = json.loads(path.read_text()) if path.exists() else {"ticks": {}}
+            self._state = _read_state(path) if path.exists() else {"ticks": {}}
         return self._state
 
     def write_tick(self, tick: datetime, **fields: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from core.errors import UserError
 
+MAX_JSON_BYTES = 256 * 2**20  # results.json of 100,000 trials is well under this
 MIN_FREE_BYTES = 200 * 1024 * 1024
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 SWEEP_FILE = "sweep.json"
@@ -65,13 +66,22 @@ class ExperimentDir:
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
     def read_json(self, name: str) -> Any | None:
-        """A JSON file of this folder, or None when it does not exist."""
+        """A JSON file of this folder, or None when it does not exist; a file too large, or not JSON, is a
+        `UserError` naming it (a run folder is data, and may have been damaged or tampered with)."""
         fs, path = self._fs()
         try:
             with fs.open_input_stream(f"{path}/{name}") as f:
-                return json.loads(f.read().decode())
+                raw = f.read(MAX_JSON_BYTES + 1)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise UserError(f"{self.uri}/{name}: cannot read: {' '.join(str(err).split())[:200]}") from None
+        if len(raw) > MAX_JSON_BYTES:
+            raise UserError(f"{self.uri}/{name}: over {MAX_JSON_BYTES >> 20} MiB, not a file this tool wrote")
+        try:
+            return json.loads(raw.decode())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise UserError(f"{self.uri}/{name}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
 
     def sweep_name(self) -> str | None:
         """The `name` in this run's `sweep.json` (None when missing or unreadable)."""
@@ -155,12 +165,17 @@ class RunSettings:
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> RunSettings | None:
         """The settings saved by this version, or None for a run saved before they were."""
-        saved = document.get("settings")
-        if not isinstance(saved, Mapping) or not saved.get("tracking_uri"):
+        saved = document.get("settings") if isinstance(document, Mapping) else None
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("tracking_uri"), str):
             return None
-        return cls(tracking_uri=str(saved["tracking_uri"]), address=saved.get("address"),
-                   dashboard_host=saved.get("dashboard_host") or DEFAULT_DASHBOARD_HOST,
-                   tags=dict(saved.get("tags") or {}))
+        strings = {k: saved.get(k) for k in ("address", "dashboard_host")}
+        tags = saved.get("tags") or {}
+        if not all(v is None or (isinstance(v, str) and len(v) < 1000) for v in strings.values()) or not (
+                isinstance(tags, Mapping) and all(isinstance(k, str) and isinstance(v, str) and len(k) + len(v) < 5000
+                                                  for k, v in tags.items())):
+            raise UserError("run.json: its settings are not the strings this tool writes (damaged or tampered with)")
+        return cls(tracking_uri=saved["tracking_uri"], address=strings["address"],
+                   dashboard_host=strings["dashboard_host"] or DEFAULT_DASHBOARD_HOST, tags=dict(tags))
 
     def refuse_another_store(self, env_tracking_uri: str | None, where: str, remedy: str) -> None:
         """An `MLFLOW_TRACKING_URI` naming another store than this run's is refused: never switch silently."""

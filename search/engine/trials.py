@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,34 @@ def recorded_trials(experiment_uri: str, results: Any) -> TrialsSnapshot | None:
         if trial.status not in STATUSES:
             raise UserError(f"{experiment_uri}/results.json: trial {trial.trial_id} has the status "
                             f"{trial.status!r}, not one of {', '.join(STATUSES)}")
+        check_trial_data(trial, f"{experiment_uri}/results.json")
         trial.checkpoint = checkpoint_in_run(experiment_uri, trial.checkpoint)
     return TrialsSnapshot(trials, sum(t.status == UNFINISHED for t in trials))
+
+
+MAX_ID_CHARS = 200
+MAX_ERROR_CHARS = 20_000
+MAX_HISTORY = 100_000
+MAX_ABS_NUMBER = 1e15  # no metric, epoch or hyperparameter this tool records comes near it
+
+
+def check_trial_data(trial: TrialSummary, where: str) -> None:
+    """A trial read back from a run folder holds bounded strings and numbers a run can produce (finite
+    and not absurd, or NaN for a diverged metric): nothing larger reaches MLflow or the registry."""
+    if len(trial.trial_id) > MAX_ID_CHARS or len(trial.history) > MAX_HISTORY:
+        raise UserError(f"{where}: trial {trial.trial_id[:40]}…: its id or history is longer than a run writes")
+    if trial.error is not None and len(trial.error) > MAX_ERROR_CHARS:
+        trial.error = trial.error[:MAX_ERROR_CHARS] + " …"
+    numbers = [("score", trial.score), ("val_loss", trial.val_loss), ("val_acc", trial.val_acc),
+               ("test_loss", trial.test_loss), ("test_acc", trial.test_acc)]
+    numbers += [(f"history.{i}.{k}", v) for i, row in enumerate(trial.history) for k, v in row.items()]
+    numbers += [(f"config.{k}", v) for k, v in trial.config.items() if isinstance(v, float)]
+    for key, value in numbers:
+        if isinstance(value, (int, float)) and not (math.isnan(value) or abs(value) <= MAX_ABS_NUMBER):
+            raise UserError(f"{where}: trial {trial.trial_id}: {key} is {value}, not a value a run records")
+    for key, value in trial.config.items():
+        if len(str(key)) > MAX_ID_CHARS or (isinstance(value, str) and len(value) > MAX_ERROR_CHARS):
+            raise UserError(f"{where}: trial {trial.trial_id}: config.{str(key)[:40]} is longer than a run writes")
 
 
 def checkpoint_in_run(experiment_uri: str, recorded: Any) -> str | None:

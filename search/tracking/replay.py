@@ -371,7 +371,8 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
         raise UserError(f"{experiment_dir}: not a sweep run folder (no {SWEEP_FILE})")
     saved.pop("source", None)
     config = validate_sweep(saved)
-    run = experiment.read_json(RUN_FILE) or {}
+    run = experiment.read_json(RUN_FILE)
+    run = run if isinstance(run, dict) else {}
     settings = RunSettings.from_json(run)
     own_store = default_tracking_uri(local_root(experiment))
     if settings is not None:  # as data: normalised, before any comparison
@@ -398,8 +399,16 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     if isinstance(results, dict) and isinstance(results.get("best"), dict):
         best = results["best"]
         best["checkpoint"] = checkpoint_in_run(experiment.uri, best.get("checkpoint"))
-    end = SweepEnd(results=results, tags=settings.tags if settings else run.get("tags") or {}, measured=False)
+    end = SweepEnd(results=results, tags=settings.tags if settings else _old_tags(run), measured=False)
     return sync_sweep(config, experiment, target, snapshot, end, timeout_s=timeout_s)
+
+
+def _old_tags(run: dict[str, Any]) -> dict[str, str]:
+    """A run.json written before the settings were saved keeps its parent-run tags at the top: strings only."""
+    tags = run.get("tags")
+    if not isinstance(tags, dict):
+        return {}
+    return {k: v for k, v in tags.items() if isinstance(k, str) and isinstance(v, str) and len(k) + len(v) < 5000}
 
 
 def _restore_test_metrics(trials: Sequence[TrialSummary], results: dict[str, Any] | None) -> None:

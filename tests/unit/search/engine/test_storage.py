@@ -124,3 +124,28 @@ def test_a_bucket_that_never_answers_is_named_not_waited_for(monkeypatch):
             storage.check_writable("gs://b/runs")
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("document", [[1, 2], {"settings": [1]}, {"settings": {"tracking_uri": 7}}, "text"])
+def test_run_json_that_is_not_settings_is_no_settings(document):
+    from search.engine.storage import RunSettings
+
+    assert RunSettings.from_json(document) is None
+
+
+def test_run_json_settings_that_are_not_strings_are_one_line():
+    from core.errors import UserError
+    from search.engine.storage import RunSettings
+
+    with pytest.raises(UserError, match=r"run\.json: its settings are not the strings this tool writes"):
+        RunSettings.from_json({"settings": {"tracking_uri": "sqlite:///x.db", "tags": {"a": ["b"]}}})
+
+
+def test_a_damaged_schedule_state_says_how_to_start_over(tmp_path):
+    from core.errors import UserError
+    from search.commands.schedule import _read_state
+
+    for text in ("{not json", "[]", '{"ticks": [1]}'):
+        (tmp_path / "state.json").write_text(text)
+        with pytest.raises(UserError, match=r"state\.json: damaged .*move it away to start the schedule.s record"):
+            _read_state(tmp_path / "state.json")

@@ -97,3 +97,35 @@ def test_an_interrupted_run_is_not_read_from_its_results_and_a_malformed_one_is_
     bad["trials"][0]["status"] = "RUNNING"
     with pytest.raises(UserError, match="has the status 'RUNNING', not one of completed"):
         recorded_trials(str(tmp_path), bad)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda t: t.update(score=float("inf")), "score is inf, not a value a run records"),
+    (lambda t: t.update(val_acc=1e300), "val_acc is 1e+300, not a value a run records"),
+    (lambda t: t["history"][0].update(val_loss=-float("inf")), "history.0.val_loss is -inf"),
+    (lambda t: t.update(trial_id="x" * 1000), "its id or history is longer than a run writes"),
+    (lambda t: t["config"].update(note="y" * 100_000), "config.note is longer than a run writes"),
+])
+def test_numbers_and_strings_a_run_cannot_produce_are_refused(tmp_path, change, expected):
+    results = finished_results(None)
+    change(results["trials"][0])
+    with pytest.raises(UserError, match=re.escape(expected)):
+        recorded_trials(str(tmp_path), results)
+
+
+def test_a_diverged_trials_nan_and_a_long_error_are_kept_as_data(tmp_path):
+    results = finished_results(None)
+    results["trials"][0]["history"][0]["val_loss"] = float("nan")
+    results["trials"][0]["error"] = "e" * 50_000
+    (trial,) = recorded_trials(str(tmp_path), results).trials
+    assert trial.history[0]["val_loss"] != trial.history[0]["val_loss"] and len(trial.error) < 20_010
+
+
+def test_a_run_folders_json_that_is_not_json_is_one_line(tmp_path):
+    from search.engine.storage import ExperimentDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"status": "finished", "trials": [')
+    with pytest.raises(UserError, match=r"run/results.json: not valid JSON"):
+        ExperimentDir(str(tmp_path), "run").read_json("results.json")
