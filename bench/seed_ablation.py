@@ -20,7 +20,7 @@ SETTINGS = {"smoke": {"seeds": 2, "epochs": 1, "subset": 600}, "quick": {"seeds"
 def run(settings: dict[str, Any]) -> dict[str, Any]:
     from search.cli import prepare_tracking
     from search.commands.ablate import plan_ablation, run_ablation
-    from search.commands.options import RunOptions
+    from search.settings import RunOptions
 
     table = {}
     with tempfile.TemporaryDirectory() as storage:

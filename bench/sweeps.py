@@ -7,8 +7,8 @@ from typing import Any
 
 from bench.common import mnist_dir, progress
 from search.cli import prepare_tracking
-from search.commands.options import RunOptions
 from search.commands.run import run_sweep
+from search.settings import RunOptions
 from spaces import validate_sweep
 
 

@@ -12,22 +12,14 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import click
 
 from core.errors import UserError
-from search.commands.options import (
-    Environment,
-    RunOptions,
-    drop_tensorboard_logger,
-    quiet_mlflow_http_retries,
-    without_credentials,
-)
-
-if TYPE_CHECKING:
-    from spaces import SweepConfig
+from search.commands.options import drop_tensorboard_logger, quiet_mlflow_http_retries
+from search.settings import Environment, RunOptions, load_run_config
 
 RAY_COMMANDS = ("ls", "list-trials", "lsx", "list-experiments", "add-note")
 
@@ -70,23 +62,6 @@ def flag_values(overrides: Sequence[str], **flags: object) -> dict[str, Any]:
             raise UserError(f"--{flag.replace('_', '-')} and --set {clash[0]} both set {key}; give one")
         values[key] = value
     return values
-
-
-def load_run_config(sweep: str, overrides: Sequence[str], values: Mapping[str, Any], env: Environment
-                    ) -> SweepConfig:
-    """The sweep with its overrides. Storage precedence: `--storage` (or `--set storage=…`),
-    then `SWEEP_STORAGE`, then the sweep file's `storage`, then `runs`."""
-    from spaces import load_sweep
-
-    config = load_sweep(sweep, overrides, values=values)
-    flagged = "storage" in values or any(o.partition("=")[0].strip() == "storage" for o in overrides)
-    if env.storage and not flagged:
-        config = config.model_copy(update={"storage": env.storage})
-    if config.mlflow.tracking_uri:  # never saved or logged with credentials in it
-        mlflow = config.mlflow.model_copy(update={"tracking_uri": without_credentials(
-            config.mlflow.tracking_uri, f"{config.source or '--set'}: mlflow.tracking_uri")})
-        config = config.model_copy(update={"mlflow": mlflow})
-    return config
 
 
 @contextlib.contextmanager
@@ -184,7 +159,7 @@ def run(sweep: str, address: str | None, run_name: str | None, storage: str | No
     config = load_run_config(sweep, overrides, flag_values(overrides, num_samples=num_samples, storage=storage),
                              env)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
-                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env,
+                         dashboard_host=dashboard_host, tracking_uri=tracking_uri, env=env,
                          warm_start=warm_start)
     from search.commands.run import run_sweep
 
@@ -247,7 +222,7 @@ def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_spec
     if storage or env.storage:
         plan = plan.with_storage(storage or env.storage)
     options = RunOptions(address=address, run_name=run_name, resume=resume, dry_run=dry_run, as_json=as_json,
-                         dashboard_host=dashboard_host, tracking_uri=without_credentials(tracking_uri), env=env)
+                         dashboard_host=dashboard_host, tracking_uri=tracking_uri, env=env)
     run_and_exit(lambda: run_ablation(plan, options), as_json)
 
 
@@ -278,7 +253,7 @@ def schedule(sweep: str, cron: str, tz: str, max_runs: int | None, catch_up: boo
     from search.commands.schedule import run_schedule
 
     options = ScheduleOptions(cron=cron, timezone=tz, max_runs=max_runs, catch_up=catch_up, once=once,
-                              run=RunOptions(address=address, tracking_uri=without_credentials(tracking_uri),
+                              run=RunOptions(address=address, tracking_uri=tracking_uri,
                                              env=env))
     sys.exit(run_schedule(config, options))
 
@@ -300,14 +275,14 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, s
     from search.commands.predict import predict as run_predict
     from search.commands.predict import print_predictions
     from search.engine.storage import is_uri, resolve_storage
-    from search.tracking.recorder import default_tracking_uri
+    from search.settings import default_tracking_uri, resolve_tracking_uri
 
     env = Environment.read()
     root = storage or env.storage or "runs"
     if not (tracking_uri or env.tracking_uri) and is_uri(root):
         raise UserError(f"--storage {root}: the default MLflow store is a local file; name the store with "
                         "--tracking-uri or MLFLOW_TRACKING_URI")
-    uri = without_credentials(tracking_uri) or env.tracking_uri or default_tracking_uri(Path(resolve_storage(root)))
+    uri = resolve_tracking_uri(tracking_uri, env, None, default_tracking_uri(Path(resolve_storage(root))))
     quiet_mlflow_http_retries()
     results = run_predict(list(images), model_uri, uri)
     if as_json:
@@ -326,13 +301,9 @@ def predict(images: tuple[str, ...], model_uri: str, tracking_uri: str | None, s
 def sync_mlflow(experiment_dir: str, tracking_uri: str | None, timeout_s: float) -> None:
     """Replay a sweep run from Tune storage into MLflow, adding only what is missing."""
     prepare_tracking()
-    from search.tracking.replay import sync_experiment
+    from search.commands.sync import report_line, sync_run
 
-    report = sync_experiment(experiment_dir, without_credentials(tracking_uri), Environment.read().tracking_uri,
-                             timeout_s)
-    click.echo(f"parent run {report.parent_run_id}: {report.children} trial runs, "
-               f"{report.epochs_added} epochs added"
-               + (f", model version {report.registered}" if report.registered else ""))
+    click.echo(report_line(sync_run(experiment_dir, tracking_uri, Environment.read(), timeout_s)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

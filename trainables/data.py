@@ -292,6 +292,8 @@ def _read_first_source(
         if not where:
             continue
         paths, missing = _files_in(Path(where))
+        if missing and label == "--data-dir":  # named on purpose: never silently replaced by another source
+            raise UserError(f"data directory {where}: missing {', '.join(missing)} (raw or .gz) of {spec.name}")
         if missing:
             tried.append(f"{label} {where}: missing {', '.join(missing)}")
             continue

@@ -18,10 +18,10 @@ from typing import Any
 from core.entrypoints import is_ref
 from core.errors import UserError
 from core.urls import is_redacted
-from search.commands.options import RunOptions
 from search.commands.run import EXIT_OK, SweepOutcome, run_sweep
 from search.effects import ablation_effects, effects_table, forest_plot
 from search.engine.storage import RESULTS_FILE, SWEEP_FILE, ExperimentDir, find_run
+from search.settings import RunOptions
 from spaces import Choice, Grid, SweepConfig, apply_override, check_entry_points, load_sweep, validate_sweep
 
 log = logging.getLogger(__name__)

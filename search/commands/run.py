@@ -14,7 +14,6 @@ import yaml
 
 from core.errors import UserError
 from core.names import ERRORED
-from search.commands.options import RunOptions, new_settings, resumed_settings
 from search.engine.storage import (
     DEFAULT_DASHBOARD_HOST,
     RESULTS_FILE,
@@ -41,10 +40,10 @@ from search.report import (
     results_payload,
     top_trials_table,
 )
+from search.settings import RunOptions, default_tracking_uri, new_settings, resumed_settings
 from search.tracking.recorder import (
     TrackingTarget,
     check_tracking_access,
-    default_tracking_uri,
     ensure_sqlite_store,
     runs_url,
     target_for,

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.errors import UserError
 from core.files import regular_file
-from search.commands.options import RunOptions
 from search.commands.run import EXIT_INTERRUPTED, run_sweep
 from search.engine.storage import (
     SCHEDULE_LOCK_FILE,
@@ -33,6 +32,7 @@ from search.engine.storage import (
     schedule_folder,
     write_atomically,
 )
+from search.settings import RunOptions
 from spaces import SweepConfig
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,6 @@ STATUS_TAG = "status"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MAX_BATCH = 1000
-DEFAULT_STORE_FILE = "mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,6 @@ class TrackingTarget:
     experiment: str
     run_name: str
     artifact_location: str | None = None
-
-
-def default_tracking_uri(local_root: Path) -> str:
-    """The embedded SQLite store beside the results (`<storage>/mlflow.db`, or ./runs for a cloud URI)."""
-    return f"sqlite:///{local_root / DEFAULT_STORE_FILE}"
 
 
 def target_for(config: SweepConfig, run_name: str, tracking_uri: str, local_root: Path) -> TrackingTarget:

@@ -359,8 +359,8 @@ def sync_experiment(experiment_dir: str, tracking_uri: str | None, env_tracking_
     from core.errors import UserError
     from search.engine.storage import local_root, resolve_storage
     from search.engine.trials import checkpoint_in_run, read_trials, recorded_trials
-    from search.settings import normalize_uri, store_from_folder
-    from search.tracking.recorder import default_tracking_uri, target_for
+    from search.settings import default_tracking_uri, normalize_uri, store_from_folder
+    from search.tracking.recorder import target_for
     from spaces import validate_sweep
 
     uri = resolve_storage(experiment_dir)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from core.errors import UserError
-from search.cli import flag_values, load_run_config, main
-from search.commands.options import Environment
+from search.cli import flag_values, main
+from search.settings import Environment, load_run_config
 
 
 def run_main(args, capfd):

@@ -125,3 +125,61 @@ def test_sync_mlflow_creates_no_store_elsewhere_that_a_run_folder_names(tmp_path
     with pytest.raises(UserError, match="names the tracking store sqlite:///"):
         sync_experiment(str(folder), None, None, timeout_s=1)
     assert not elsewhere.parent.exists()
+
+
+URI = " HTTP://alice:s3cret@Host:5000/mlflow"
+EXPECTED = "http://Host:5000/mlflow"
+
+
+def test_every_commands_route_gives_the_same_tracking_uri(tmp_path, monkeypatch):
+    """run, ablate and schedule (RunOptions -> new_settings or resumed_settings), predict
+    (resolve_tracking_uri), sync-mlflow (sync_run), the environment and a sweep file: one result, and the
+    credentials in MLflow's variables, never in the URI."""
+    from pathlib import Path
+
+    from search.engine.storage import RunSettings
+    from search.settings import (
+        Environment,
+        RunOptions,
+        load_run_config,
+        new_settings,
+        resolve_tracking_uri,
+        resumed_settings,
+    )
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    root = Path(tmp_path)
+    routes = {
+        "flag (run, ablate, schedule)": new_settings(RunOptions(tracking_uri=URI), None, root).tracking_uri,
+        "environment": new_settings(RunOptions(env=Environment.read({"MLFLOW_TRACKING_URI": URI})), None,
+                                    root).tracking_uri,
+        "sweep file": new_settings(RunOptions(), load_run_config(
+            "smoke", [f"mlflow.tracking_uri={URI.strip()}"], {}, Environment()).mlflow.tracking_uri, root).tracking_uri,
+        "resume": resumed_settings(RunSettings(tracking_uri=EXPECTED), RunOptions(tracking_uri=URI),
+                                   "r1").tracking_uri,
+        "predict": resolve_tracking_uri(URI, Environment(), None, "sqlite:///x.db"),
+    }
+    assert set(routes.values()) == {EXPECTED}, routes
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+
+
+def test_sync_mlflow_takes_the_flag_through_the_same_function(tmp_path, monkeypatch):
+    from search.commands import sync
+    from search.settings import Environment
+
+    seen = {}
+    monkeypatch.setattr(sync, "sync_experiment", lambda folder, uri, env_uri, timeout: seen.update(uri=uri))
+    sync.sync_run("runs/x", URI, Environment(), 1)
+    assert seen["uri"] == EXPECTED
+
+
+def test_the_cli_strips_no_credentials_itself():
+    """One home for the rule: search/cli.py passes flags as given."""
+    from pathlib import Path
+
+    import search.cli
+
+    text = Path(search.cli.__file__).read_text()
+    assert "without_credentials" not in text and "urlsplit" not in text

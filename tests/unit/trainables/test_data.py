@@ -277,3 +277,13 @@ def test_a_mirror_that_sends_too_much_is_cut_off(tmp_path):
         server.shutdown()
         server.server_close()
     assert not (tmp_path / "huge.gz").exists() and not (tmp_path / "huge.gz.part").exists()
+
+
+def test_a_data_folder_named_on_purpose_is_never_replaced_by_another_source(tmp_path, monkeypatch):
+    """A --data-dir (or data.dir) without the files is one line naming it, even with MNIST_DIR set."""
+    from core.errors import UserError
+    from trainables.data import load_data
+
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(UserError, match=r"data directory .*/empty: missing train-images-idx3-ubyte"):
+        load_data("mnist", tmp_path / "empty")

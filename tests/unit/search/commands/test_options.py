@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from search.commands.options import Environment, without_credentials
+from search.settings import Environment, without_credentials
 
 
 def test_credentials_in_a_tracking_uri_move_to_mlflows_variables(monkeypatch):

@@ -8,10 +8,10 @@ import shlex
 import pytest
 
 from core.errors import UserError
-from search.commands.options import Environment, RunOptions
 from search.commands.run import plan_payload, plan_text, prepare_run, resume_command
 from search.engine.storage import RUN_FILE, SWEEP_FILE, RunSettings
 from search.report import asha_rungs
+from search.settings import Environment, RunOptions
 from spaces import load_sweep
 
 
@@ -72,13 +72,14 @@ def test_a_run_saved_before_settings_were_kept_resumes_with_the_defaults(tmp_pat
     assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def test_a_new_run_takes_flag_then_sweep_file_then_environment(tmp_path):
+def test_a_new_run_takes_flag_then_environment_then_sweep_file(tmp_path):
     config = load_sweep("smoke", values={"storage": str(tmp_path)})
     env = Environment(tracking_uri="http://env:5000", ray_address="env:6379")
     settings = prepare_run(config, RunOptions(run_name="n", env=env))[2]
     assert (settings.tracking_uri, settings.address) == ("http://env:5000", "env:6379")
     in_file = load_sweep("smoke", ["mlflow.tracking_uri=http://file:5000"], values={"storage": str(tmp_path)})
-    assert prepare_run(in_file, RunOptions(run_name="n", env=env))[2].tracking_uri == "http://file:5000"
+    assert prepare_run(in_file, RunOptions(run_name="n", env=env))[2].tracking_uri == "http://env:5000"
+    assert prepare_run(in_file, RunOptions(run_name="n"))[2].tracking_uri == "http://file:5000"
     flagged = RunOptions(run_name="n", tracking_uri="http://flag:5000", env=env)
     assert prepare_run(in_file, flagged)[2].tracking_uri == "http://flag:5000"
     assert prepare_run(config, RunOptions(run_name="n"))[2].tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"

@@ -108,8 +108,8 @@ def test_each_tick_continues_one_study_with_a_seed_of_its_own(tmp_path):
 
 def test_a_tick_runs_with_the_schedules_options_and_its_own_tags(tmp_path, monkeypatch):
     from search.commands import schedule as schedule_module
-    from search.commands.options import Environment, RunOptions
     from search.commands.run import SweepOutcome
+    from search.settings import Environment, RunOptions
 
     seen = []
     monkeypatch.setattr(schedule_module, "run_sweep", lambda config, options: seen.append(options)
