@@ -229,7 +229,7 @@ def ablate(source: str, factors: str, seeds: int, epochs: int | None, level_spec
 @cli.command()
 @click.argument("sweep")
 @click.option("--cron", required=True, help='When to run: 5 cron fields ("0 2 * * *"), or 6 with seconds '
-              'first ("*/30 * * * * *").')
+              'first ("0 */30 * * * *": every half hour, at second 0); at most once a minute.')
 @click.option("--timezone", "tz", default="UTC", show_default=True, help="Time zone of the cron fields.")
 @click.option("--max-runs", type=click.IntRange(min=1), help="Stop after this many sweeps.")
 @click.option("--catch-up", is_flag=True, help="After downtime, run the latest missed tick (never more).")

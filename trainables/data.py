@@ -482,6 +482,6 @@ def _nothing_worked(spec: DatasetSpec, tried: list[str]) -> UserError:
     lines = "; ".join(tried) or "no source configured"
     return UserError(
         f"cannot find {spec.name}: tried {lines}. Put the four IDX files "
-        f"({', '.join(TRAIN_FILES + TEST_FILES)}, raw or .gz) in a directory and pass "
-        f"--data-dir DIR or set {spec.env_var}=DIR"
+        f"({', '.join(TRAIN_FILES + TEST_FILES)}, raw or .gz) in a directory and set {spec.env_var}=DIR, or "
+        f"name it: --set data.dir=DIR (tune run, schedule, ablate), --data-dir DIR (tune train)"
     )

@@ -434,7 +434,9 @@ def _checkpoint_dir(path: str):  # type: ignore[no-untyped-def]
 
 def _print_summary(trials: list[TrialSummary], best: dict[str, Any] | None, payload: dict[str, Any],
                    experiment: ExperimentDir) -> None:
-    out = sys.stderr
+    """The results, on stdout (`tune run smoke > log` keeps them; with `--json`, stdout is redirected to
+    stderr and holds only the JSON document)."""
+    out = sys.stdout
     counts = payload["counts"]
     print(f"\n{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} "
           f"stopped early, {counts['errored']} errored", file=out)

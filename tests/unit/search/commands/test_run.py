@@ -133,3 +133,15 @@ def test_a_tick_is_not_resumed_by_hand_while_its_scheduler_runs(tmp_path):
         ticked = RunOptions(run_name="r1", resume=True, tags={"schedule": "smoke", "tick": "t"})
         assert prepare_run(config, ticked)[2].tags["schedule"] == "smoke"
     assert prepare_run(config, RunOptions(run_name="r1", resume=True))[2] == saved  # no scheduler: allowed
+
+
+def test_the_results_summary_goes_to_stdout(tmp_path, capsys):
+    """`tune run smoke > log` keeps the summary (with --json, stdout is redirected and holds only JSON)."""
+    from search.commands.run import _print_summary
+    from search.engine.storage import ExperimentDir
+
+    payload = {"counts": {"completed": 0, "early_stopped": 0, "errored": 0}, "metric": "val_loss", "levels": {},
+               "mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": "smoke", "ui_command": "mlflow ui"}}
+    _print_summary([], None, payload, ExperimentDir(str(tmp_path), "r1"))
+    out, err = capsys.readouterr()
+    assert "results: " in out and "open the MLflow UI: mlflow ui" in out and err == ""
