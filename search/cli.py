@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from core.errors import UserError
-from search.commands.options import drop_tensorboard_logger, quiet_mlflow_http_retries
+from search.commands.options import drop_tensorboard_logger, quiet_mlflow_http_retries, quiet_tune_duplicates
 from search.settings import Environment, RunOptions, load_run_config
 
 RAY_COMMANDS = ("ls", "list-trials", "lsx", "list-experiments", "add-note")
@@ -87,6 +87,7 @@ def prepare_tracking() -> None:
     """Process-wide settings of the libraries a sweep uses, set once before one starts."""
     quiet_mlflow_http_retries()
     drop_tensorboard_logger()
+    quiet_tune_duplicates()
 
 
 SET_HELP = "Override a sweep key, e.g. --set lr=0.01 or --set search.num_samples=4 (repeatable)."

@@ -17,3 +17,18 @@ def test_credentials_in_a_tracking_uri_move_to_mlflows_variables(monkeypatch):
         assert without_credentials(plain) == plain
     env = Environment.read({"MLFLOW_TRACKING_URI": "http://bob:hunter2@host:5000"})
     assert env.tracking_uri == "http://host:5000" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
+
+
+def test_tunes_own_restore_hint_and_snapshot_warnings_are_silenced(monkeypatch, caplog):
+    import logging
+    import os
+
+    from search.cli import prepare_tracking
+
+    monkeypatch.delenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", raising=False)
+    prepare_tracking()
+    assert os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] == "0"
+    with caplog.at_level(logging.WARNING, logger="ray.tune.tune"):
+        logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted.\nResume experiment with: x")
+        logging.getLogger("ray.tune.tune").warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
