@@ -10,9 +10,9 @@ DEFAULT_FIFO_ARM = "bridge_fifo"  # the default searcher where a benchmark has n
 NAMES = {
     "random_fifo": "random + FIFO", "random_asha": "random + ASHA (3, 9)",
     "stock_optuna_asha": "Ray's OptunaSearch + ASHA (defaults)", "bridge_asha": "bridge + ASHA (3, 9)",
-    "bridge_patient_asha": "bridge + ASHA, min_peers 3", "bridge_patient6_asha": "bridge + ASHA, min_peers 6",
-    "bridge_asha_grace1": "bridge + ASHA (1, 3, 9)", "stock_optuna_fifo": "Ray's OptunaSearch + FIFO",
-    "bridge_fifo": "bridge + FIFO",
+    "bridge_patient_asha": "bridge + ASHA (3, 9), min_peers 6",
+    "bridge_patient_asha_grace1": "bridge + ASHA (1, 3, 9), min_peers 6",
+    "stock_optuna_fifo": "Ray's OptunaSearch + FIFO", "bridge_fifo": "bridge + FIFO",
 }
 
 
@@ -59,9 +59,11 @@ def simulated_section(s: dict[str, Any]) -> list[str]:
            "its searcher and scheduler built by `build_searcher`/`build_scheduler` and driven by "
            "`search/engine/simulate.py` through Tune's interfaces, over learning curves read from a benchmark "
            f"instead of training. {settings['seeds']} seeds per arm; every arm gets the simulated time random "
-           f"search without early stopping needs for {settings['trials']} full trials. The target is random + FIFO's "
-           "median final regret; times are in full trials' worth of work per worker (the tabular problems: "
-           "their recorded seconds). Medians over seeds with 95% bootstrap intervals; a ratio > 1: the arm "
+           "search without early stopping needs for "
+           f"{', '.join(f'{r} full trials per worker at {w} workers' for w, r in settings['rounds'].items())}. "
+           "The target is the upper quartile of random + FIFO's final regrets (random search reaches it in three "
+           "seeds of four); times are in full trials' worth of work per worker (the tabular problems: their "
+           "recorded seconds). Medians over seeds with 95% bootstrap intervals; a ratio > 1: the arm "
            "reaches the target sooner. ∞: not reached within the time (in half the seeds or more).", ""]
     for name, b in s["benchmarks"].items():
         out += [f"### {name}", "", b["note"] + ".", ""]
