@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, progress, write_result
+from bench.simulated_report import DEFAULT_ARM
 from search.engine.simulate import Curve, SimulatedSweep, quiet_optuna, simulate
 from spaces import SweepConfig, load_sweep, validate_sweep
 
@@ -66,9 +67,9 @@ SETTINGS = {
     # rounds: the time every arm gets, in full trials per worker (random + FIFO runs rounds × workers trials)
     "smoke": {"benchmarks": ["branin", "hpobench_vehicle"], "workers": [4], "seeds": 3, "rounds": {"4": 4}},
     "quick": {"benchmarks": [*SYNTHETIC, *TABULAR, "seed_network"], "workers": [4, 32], "seeds": 20,
-              "rounds": {"4": 16, "32": 6}},
+              "rounds": {"4": 16, "32": 6}, "planning_trials": 48},
     "full": {"benchmarks": [*SYNTHETIC, *TABULAR, "seed_network"], "workers": [4, 32], "seeds": 30,
-             "rounds": {"4": 32, "32": 12}},
+             "rounds": {"4": 32, "32": 12}, "planning_trials": 48},
 }
 
 Curves = Callable[[dict[str, Any]], Curve]
@@ -324,13 +325,17 @@ def time_to(trace: list[tuple[float, float]], target: float) -> float:
     return next((t for t, regret in trace if regret <= target), math.inf)
 
 
-def run_one(problem: Problem, arm: str, seed: int, workers: int, trials: int) -> dict[str, Any]:
-    horizon = trials * problem.full_cost / workers  # random + FIFO's `trials` full trials
-    config = arm_config(problem, arm, seed, num_samples=trials * 8)  # the clock, not the count, ends it
+def run_one(problem: Problem, arm: str, seed: int, workers: int, trials: int, by_count: bool = False
+            ) -> dict[str, Any]:
+    """One simulated sweep: for the time random + FIFO needs for `trials` full trials on `workers` (the
+    clock ends it), or `by_count`: `trials` trials, however long they take (the count ends it)."""
+    horizon = trials * problem.full_cost / workers
+    config = arm_config(problem, arm, seed, num_samples=trials if by_count else trials * 8)
     curve, final = problem.make(seed)
     started = time.perf_counter()
-    sweep = simulate(config, curve, workers, time_budget_s=horizon,
+    sweep = simulate(config, curve, workers, time_budget_s=math.inf if by_count else horizon,
                      optuna_class=stock_optuna_class(seed) if arm.startswith("stock") else None)
+    horizon = sweep.end_s if by_count else horizon
     return {"trace": regret_trace(sweep, final, problem.optimum, problem.max_t), "trials": len(sweep.trials),
             "epochs": sweep.epochs, "horizon": horizon,
             "full_trials": sum(t.epochs == problem.max_t for t in sweep.trials.values()),
@@ -441,6 +446,8 @@ def run(settings: dict[str, Any], scale: str = "quick") -> dict[str, Any]:
     results: dict[str, Any] = {"settings": settings, "benchmarks": {}}
     tasks = [(name, workers) for name in settings["benchmarks"] for workers in settings["workers"]]
     with ProcessPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+        planning = (pool.submit(cluster_planning, settings, DEFAULT_ARM)
+                    if "seed_network" in settings["benchmarks"] and settings.get("planning_trials") else None)
         futures = {task: pool.submit(measure, *task, settings, scale) for task in tasks}
         for (name, workers), future in futures.items():
             problem = PROBLEMS[name]() if name not in results["benchmarks"] else None
@@ -452,7 +459,40 @@ def run(settings: dict[str, Any], scale: str = "quick") -> dict[str, Any]:
 
                     results["benchmarks"][name]["surrogate"] = surrogate_error(load_table())
             results["benchmarks"][name]["by_workers"][str(workers)] = future.result()
+        if planning is not None:
+            results["cluster_planning"] = planning.result()
     return results
+
+
+PLANNING_WORKERS = (1, 4, 8, 32, 128)
+
+
+def cluster_planning(settings: dict[str, Any], arm: str) -> dict[str, Any]:
+    """What more workers give the default sweep (its trial count) on the seed network's curves: for each worker
+    count, the time until the sweep's best fully trained model is within the target (random search's median
+    final regret with the same trial count), median over seeds, the sweep's whole time, and the parallel
+    efficiency
+    (the one-worker time ÷ (workers × that time)): asynchronous promotion decides on fewer peers as
+    workers grow, which is the efficiency lost."""
+    quiet_optuna()
+    problem = PROBLEMS["seed_network"]()
+    budget = settings["planning_trials"]
+    runs = {w: [run_one(problem, arm, seed, w, budget, by_count=True) for seed in range(settings["seeds"])]
+            for w in PLANNING_WORKERS}
+    baseline = [run_one(problem, "random_fifo", seed, 1, budget, by_count=True) for seed in range(settings["seeds"])]
+    target = float(np.median([regret_at(r["trace"], r["horizon"]) for r in baseline]))
+    rows = {}
+    for w, rs in runs.items():
+        times = [time_to(r["trace"], target) for r in rs]
+        rows[str(w)] = {"time_to_target": float(np.median(times)), "reached": sum(math.isfinite(t) for t in times),
+                        "regret_at_end": float(np.median([regret_at(r["trace"], r["horizon"]) for r in rs])),
+                        "sweep_time": float(np.median([r["horizon"] for r in rs])),
+                        "trials": float(np.median([r["trials"] for r in rs]))}
+    one = rows["1"]["time_to_target"]
+    for w, row in rows.items():
+        row["efficiency"] = one / (int(w) * row["time_to_target"]) if math.isfinite(row["time_to_target"]) else 0.0
+    return {"arm": arm, "budget_trials": budget, "target_regret": target, "epoch_seconds": problem.full_cost
+            / problem.max_t, "by_workers": rows}
 
 
 def not_called(config: dict[str, Any]) -> None:

@@ -82,4 +82,24 @@ def simulated_section(s: dict[str, Any]) -> list[str]:
                            f"{_interval(a['time_to_target'], 3)} | {_interval(a['speedup_vs_random_fifo'])} | "
                            f"{_interval(a['speedup_vs_stock'])} | {_interval(a['regret_at_end'], 4)} |")
             out += ["", f"![{name}, {w} workers](bench/results/{c['plot']})", ""]
+    if s.get("cluster_planning"):
+        out += planning_section(s["cluster_planning"])
+    return out
+
+
+def planning_section(p: dict[str, Any]) -> list[str]:
+    """The cluster-planning table: the default sweep on the seed network's curves at more workers."""
+    out = ["", "### Cluster planning", "",
+           f"The default sweep ({NAMES.get(p['arm'], p['arm'])}, {p['budget_trials']} trials of 15 epochs on the "
+           f"seed network's Fashion-MNIST curves, one epoch ≈ {p['epoch_seconds']:.1f} s of one core) on more "
+           f"workers: the time until its best fully trained model is as good as random search's median with the "
+           f"same trial count (regret {p['target_regret']:.4f}), the whole sweep's time, and the parallel "
+           "efficiency (one worker's time to target ÷ (workers × this one's)); median over seeds.", "",
+           "| workers | time to target (epochs of one worker) | whole sweep | efficiency | regret at the end |",
+           "| --- | --- | --- | --- | --- |"]
+    epoch = p["epoch_seconds"]
+    for w, row in p["by_workers"].items():
+        t = row["time_to_target"]
+        out.append(f"| {w} | {'∞' if t == float('inf') or t is None else f'{t / epoch:.0f}'} | "
+                   f"{row['sweep_time'] / epoch:.0f} | {row['efficiency']:.2f} | {row['regret_at_end']:.4f} |")
     return out
