@@ -139,6 +139,15 @@ class Scheduler(_Section):
     min_peers: int = Field(0, ge=0, le=1000)
 
 
+class Schedule(_Section):
+    """How a scheduled sweep's model challenges the `champion` alias."""
+
+    # paired: both models on the same validation examples, moved only when better beyond noise (a paired
+    # t-test of per-example losses, McNemar's test for accuracy); any_better: when the summary is better at all
+    promote: Literal["paired", "any_better"] = "paired"
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+
+
 class Resources(_Section):
     """What one trial reserves on the cluster."""
 
@@ -207,6 +216,7 @@ class SweepConfig(_Section):
     data: DataSection = DataSection()
     storage: str = "runs"
     mlflow: Mlflow = Mlflow()
+    schedule: Schedule = Schedule()
     source: Path | None = Field(None, exclude=True)
 
     @field_validator("packages")

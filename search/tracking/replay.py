@@ -212,10 +212,14 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     if version is not None and tags.get("schedule"):
         from search.tracking.champion import decide_champion
 
-        decision = decide_champion(client, model_name, version, config.metric, config.mode)
+        decision = decide_champion(client, model_name, version, config.metric, config.mode,
+                                   _paired_rule(config, recorder.target.tracking_uri, model_name))
         client.set_tag(parent, "champion_moved", str(decision.moved).lower())
         client.set_tag(parent, "champion_version", decision.champion_version)
         client.set_tag(parent, "champion_decision", decision.reason)
+        for key, value in decision.paired.items():
+            client.set_tag(parent, f"champion_{key}", f"{value:.6g}")
+        log.info("champion: %s", decision.reason)
     if best:
         client.set_tag(parent, "best_trial_id", best["trial_id"])
     if results.get("stop_reason"):  # search.stop ended the sweep before its trial budget
@@ -223,6 +227,33 @@ def finalize_parent(recorder: MlflowRecorder, config: SweepConfig, trials: Seque
     client.set_tag(parent, FINALIZED_TAG, "true")
     client.set_terminated(parent, status="FINISHED")
     return version
+
+
+def _paired_rule(config: SweepConfig, tracking_uri: str, model_name: str):  # type: ignore[no-untyped-def]
+    """The paired rule for this sweep's models (None: compare the registered numbers): the seed network or a
+    `model:` network on a built-in dataset, whose validation split this process can load."""
+    import functools
+
+    from search.tracking.champion import PairedRule
+
+    if config.schedule.promote != "paired" or config.trainable or config.data.is_custom:
+        return None
+
+    @functools.cache
+    def validation() -> tuple[Any, Any]:
+        from trainables.data import load_data
+        from trainables.train import as_tensors
+
+        data = load_data(config.data.dataset, config.data.dir, subset=config.data.subset,
+                         split_seed=config.data.split_seed)
+        return as_tensors(data.val)
+
+    def load(version: str) -> Any:
+        from search.tracking.registry import load_model
+
+        return load_model(f"models:/{model_name}/{version}", tracking_uri)
+
+    return PairedRule(config.schedule.confidence, validation, load)
 
 
 def _log_test_metrics(recorder: MlflowRecorder, trials: Sequence[TrialSummary]) -> None:

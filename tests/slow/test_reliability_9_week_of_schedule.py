@@ -37,8 +37,10 @@ TICKS = 6
 TRIALS = 3  # on two one-CPU nodes: ticks of two rounds, long enough to fault mid-sweep
 EPOCHS = 6
 OUTAGE_S = 12
+# any_better: the champion's history is checked against each tick's registered val_loss (the paired rule,
+# the default, has its own test with real checkpoints: tests/integration/test_champion_paired.py)
 SWEEP = ["--set", "scheduler.type=fifo", "--set", f"epochs={EPOCHS}", "--set", f"search.num_samples={TRIALS}",
-         "--set", "data.subset=6000"]
+         "--set", "data.subset=6000", "--set", "schedule.promote=any_better"]
 
 NODE_ID_ON_PORT = """
 import ray, sys

@@ -18,7 +18,10 @@ from tests.conftest import run_cli, start_cli, stop_process
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--set", "search.num_samples=3", "--set", "epochs=2", "--set", "data.subset=1000"]
+# These ticks check the schedule's bookkeeping against the registered numbers (`any_better`); the paired rule,
+# the default, has its own test with real checkpoints (tests/integration/test_champion_paired.py).
+SMALL = ["--set", "search.num_samples=3", "--set", "epochs=2", "--set", "data.subset=1000",
+         "--set", "schedule.promote=any_better"]
 
 
 @pytest.fixture
