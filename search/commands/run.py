@@ -246,7 +246,7 @@ def _fit_and_report(config: SweepConfig, experiment: ExperimentDir, data: Data |
                               status="interrupted" if interrupted else "finished",
                               wall_seconds=time.time() - started, extra=extra)
     experiment.write_json(RESULTS_FILE, payload)  # on disk before MLflow is told: a crash loses nothing
-    from search.tracking.replay import SweepEnd
+    from search.tracking.finisher import SweepEnd
 
     end = SweepEnd(results=payload, tags=settings.tags, best_model=models.get(best["trial_id"]) if best else None,
                    recorder=callback.recorder if callback is not None else None)

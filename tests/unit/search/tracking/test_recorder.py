@@ -202,8 +202,8 @@ def test_a_run_folder_cannot_hand_over_a_run_it_did_not_create(store):
 
 def test_a_finalised_parent_attached_again_ends_finished(store):
     """Resuming or replaying a finished sweep reopens its parent; finishing it again ends it FINISHED
-    (it stayed RUNNING: finalize_parent returned early for a finalised run)."""
-    from search.tracking.replay import FINALIZED_TAG, SweepEnd, finalize_parent
+    (it stayed RUNNING: the finisher returned early for a finalised run)."""
+    from search.tracking.finisher import FINALIZED_TAG, SweepEnd, finish_sweep
 
     target, experiment = store
     recorder = MlflowRecorder(target, experiment)
@@ -212,5 +212,5 @@ def test_a_finalised_parent_attached_again_ends_finished(store):
     recorder.client.set_terminated(parent, status="FINISHED")
     for _ in range(2):  # `tune run --resume` of a finished run, then `tune sync-mlflow` twice
         assert recorder.attach_parent({}, {}) == parent
-        finalize_parent(recorder, load_sweep("smoke"), [], SweepEnd(results={"status": "finished", "counts": {}}))
+        finish_sweep(recorder, load_sweep("smoke"), [], SweepEnd(results={"status": "finished", "counts": {}}))
         assert recorder.client.get_run(parent).info.status == "FINISHED"
