@@ -122,6 +122,13 @@ class Search(_Section):
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
         """A journal file's path must not name a folder (Optuna would fail after Ray has started)."""
+        if value is not None and "://" in value:
+            import urllib.parse
+
+            try:
+                _ = urllib.parse.urlsplit(value.strip()).port  # a bad port or IPv6 literal: here, not in SQLAlchemy
+            except ValueError as err:
+                raise ValueError(f"not a database URL ({err})") from None
         if value is not None and "://" not in value and Path(value).is_dir():
             raise ValueError(f"{value} is a folder, but must be an Optuna journal file (e.g. {value}/study.log) "
                              "or a database URL")

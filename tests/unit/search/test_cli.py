@@ -50,6 +50,8 @@ def run_main(args, capfd):
      "smoke.yaml: mlflow.tracking_uri: ftp://host/x: unknown scheme 'ftp'"),
     (["run", "smoke", "--dry-run", "--tracking-uri", "http://[::1/x"], "--tracking-uri: http://[::1/x: Invalid IPv6"),
     (["schedule", "smoke", "--cron", "0 0 30 2 *", "--once"], "names no date that exists (e.g. 30 February)"),
+    (["run", "smoke", "--dry-run", "--set", "search.storage=postgresql://u:pw@db:port/x"],
+     "search.storage: not a database URL (Port could not be cast"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, expected, capfd):
     code, out, err = run_main(args, capfd)
