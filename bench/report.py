@@ -342,13 +342,16 @@ def _machine_words(m: dict[str, Any]) -> str:
 
 def write_benchmarks_md(scale: str = "full", path: Path | None = None) -> Path:
     r = _load(scale)
+    if scale == "full" and "simulated" not in r and "simulated" in _load("quick"):
+        # the simulated search benchmark's quick scale already has 20 seeds; its section says which scale ran
+        r["simulated"] = _load("quick")["simulated"]
     first = min(v["date"] for v in r.values())
     # Benchmarks run only when named, and any run on its own later (more than 12 hours after the
     # first result), are dated separately: the header's range is that of the one full run.
     named = {k: v for k, v in r.items() if k in NAMED_ONLY or _hours_between(first, v["date"]) > 12}
     dates = sorted(v["date"] for k, v in r.items() if k not in named)
     m = next(v for k, v in r.items() if k not in named)["machine"]
-    later = "".join(f" `python -m bench {scale} {k}` ran on its own on {v['date']}, on "
+    later = "".join(f" `python -m bench {v.get('scale', scale)} {k}` ran on its own on {v['date']}, on "
                     + ("the same machine." if _same_machine(v["machine"], m) else f"{_machine_words(v['machine'])}.")
                     for k, v in named.items())
     out = ["# Benchmarks", "",
