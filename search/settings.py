@@ -141,7 +141,7 @@ class Environment:
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
         env = os.environ if environ is None else environ
         storage = env.get(STORAGE_ENV)
-        if storage is not None and storage and not storage.strip():
+        if storage and not storage.strip():
             raise UserError(f"{STORAGE_ENV} is blank (only spaces); unset it, or name a folder or bucket")
         return cls(storage=storage.strip() if storage else None,
                    tracking_uri=without_credentials(env.get(TRACKING_URI_ENV) or None, TRACKING_URI_ENV),
