@@ -25,6 +25,11 @@ def _interval(values: list[float] | None, digits: int = 2, unit: str = "") -> st
     return f"{text} [{low:.{digits}f}, {high_text}]"
 
 
+def _finite(value: float | None) -> float:
+    """A ratio as JSON holds it: null (no interval: neither arm reached the target) counts as 0, not met."""
+    return 0.0 if value is None or value != value else float(value)
+
+
 def default_arm(benchmark: dict[str, Any]) -> str:
     return DEFAULT_ARM if DEFAULT_ARM in benchmark["arms"] else DEFAULT_FIFO_ARM
 
@@ -36,14 +41,15 @@ def goal_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     workers = sorted({w for b in s["benchmarks"].values() for w in b["by_workers"]}, key=int)
     for w in workers:
         curves = {n: b for n, b in s["benchmarks"].items() if DEFAULT_ARM in b["arms"] and w in b["by_workers"]}
-        ratios = [b["by_workers"][w]["arms"][DEFAULT_ARM]["speedup_vs_random_fifo"][0] for b in curves.values()]
+        ratios = [_finite(b["by_workers"][w]["arms"][DEFAULT_ARM]["speedup_vs_random_fifo"][0])
+                  for b in curves.values() if "arms" in b["by_workers"][w]]
         if ratios:
             median = statistics.median(ratios)
             rows.append((f"6. Simulated: the default ({NAMES[DEFAULT_ARM]}) vs random + FIFO, time to target, median "
                          f"over {len(ratios)} problems with learning curves, {w} workers ({s['date'][:10]})",
                          f"{median:.2f}×", "≥ 3×", "met" if median >= 3 else "**not met**"))
-        lows = {n: b["by_workers"][w]["arms"][default_arm(b)]["speedup_vs_stock"][1]
-                for n, b in s["benchmarks"].items() if w in b["by_workers"]}
+        lows = {n: _finite(b["by_workers"][w]["arms"][default_arm(b)]["speedup_vs_stock"][1])
+                for n, b in s["benchmarks"].items() if "arms" in b["by_workers"].get(w, {})}
         if lows:
             worst = min(lows, key=lambda n: lows[n])
             rows.append((f"6b. Simulated: the default vs Ray's stock OptunaSearch, lowest 95% bound of the time ratio "
@@ -74,6 +80,9 @@ def simulated_section(s: dict[str, Any]) -> list[str]:
                     f"between configurations; the noise measured on {g['noise_pairs']} retrained configurations: "
                     f"{g['noise_trial']:.4f} per trial, {g['noise_epoch']:.4f} per epoch.", ""]
         for w, c in b["by_workers"].items():
+            if "error" in c:
+                out += [f"{w} workers: the run failed ({c['error']}).", ""]
+                continue
             out += [f"{w} workers; target regret {c['target_regret']:.4g}; time {c['horizon']:.3g}.", "",
                     "| arm | trials | full | time to target | × random + FIFO | × stock | regret at the end |",
                     "| --- | --- | --- | --- | --- | --- | --- |"]
