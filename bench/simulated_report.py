@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-DEFAULT_ARM = "bridge_patient_asha"  # what spaces/default.yaml runs (searcher + scheduler): ASHA (3, 9), min_peers 6
+DEFAULT_ARM = "bridge_asha"  # what spaces/default.yaml runs (searcher + scheduler): ASHA (3, 9)
 DEFAULT_FIFO_ARM = "bridge_fifo"  # the default searcher where a benchmark has no learning curves
 NAMES = {
     "random_fifo": "random + FIFO", "random_asha": "random + ASHA (3, 9)",
