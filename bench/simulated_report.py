@@ -99,7 +99,7 @@ def simulated_section(s: dict[str, Any]) -> list[str]:
 def planning_section(p: dict[str, Any]) -> list[str]:
     """The cluster-planning table: the default sweep on the seed network's curves at more workers."""
     out = ["", "### Cluster planning", "",
-           f"The default sweep's budget with {NAMES.get(p['arm'], p['arm'])} (the arm that was the default when it "
+           f"The default sweep's budget with {NAMES.get(p['arm'], p['arm'])} (the candidate default when it "
            f"ran), {p['budget_trials']} trials of 15 epochs on the "
            f"seed network's Fashion-MNIST curves, one epoch ≈ {p['epoch_seconds']:.1f} s of one core) on more "
            f"workers: the time until its best fully trained model is as good as random search's median with the "
