@@ -19,3 +19,11 @@ def redact_uri(uri: str) -> str:
 def is_redacted(uri: str | None) -> bool:
     """Whether `uri` is one `redact_uri` took a password out of."""
     return bool(uri) and urllib.parse.urlsplit(uri).password == REDACTED
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a URI as MLflow, requests and pyarrow read it: spaces stripped, lower-cased ('' for a path)."""
+    try:
+        return urllib.parse.urlsplit(uri.strip()).scheme.lower()
+    except ValueError:
+        return ""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
+from core.urls import uri_scheme
 from search.engine.storage import DEFAULT_DASHBOARD_HOST, RunSettings
 
 if TYPE_CHECKING:
@@ -61,14 +62,6 @@ def normalize_uri(uri: str, where: str, schemes: tuple[str, ...] = TRACKING_SCHE
 def _shown(text: str) -> str:
     """`text` for a message: whatever stands before an `@` in its authority (user, password) as `***`."""
     return re.sub(r"//[^/@]*@", "//***@", text)
-
-
-def uri_scheme(uri: str) -> str:
-    """The scheme of a URI as MLflow and requests read it: spaces stripped, lower-cased ('' for a path)."""
-    try:
-        return urllib.parse.urlsplit(uri.strip()).scheme.lower()
-    except ValueError:
-        return ""
 
 
 def is_http(uri: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.urls import uri_scheme
 
 MAX_JSON_BYTES = 256 * 2**20  # results.json of 100,000 trials is well under this
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -29,7 +30,7 @@ STUDY_FILE = "optuna.journal"
 
 
 def is_uri(storage: str) -> bool:
-    return "://" in storage and not storage.startswith("file://")
+    return "://" in storage and uri_scheme(storage) != "file"
 
 
 def resolve_storage(storage: str) -> str:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.urls import redact_uri
+from core.urls import redact_uri, uri_scheme
 from search.engine.storage import MLFLOW_IDS_FILE, ExperimentDir
 from search.report import is_metric
-from search.settings import is_http, sqlite_path, uri_scheme
+from search.settings import is_http, sqlite_path
 from spaces import SweepConfig, is_distribution
 
 log = logging.getLogger(__name__)
