@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -448,7 +449,10 @@ def run(settings: dict[str, Any], scale: str = "quick") -> dict[str, Any]:
     (RESULTS / scale).mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"settings": settings, "benchmarks": {}}
     tasks = [(name, workers) for name in settings["benchmarks"] for workers in settings["workers"]]
-    with ProcessPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+    # spawn, not fork: `python -m bench` has started Ray and PyTorch's threads by now, and a forked child
+    # inherits their locks in whatever state they were (it hung in the smoke run)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1), mp_context=context) as pool:
         planning = (pool.submit(cluster_planning, settings, DEFAULT_ARM)
                     if "seed_network" in settings["benchmarks"] and settings.get("planning_trials") else None)
         futures = {task: pool.submit(measure, *task, settings, scale) for task in tasks}
