@@ -93,7 +93,7 @@ def test_no_secret_is_saved_logged_or_printed(auth_server, base_env, tmp_path, m
     result = run_cli(["run", "smoke", "--name", "quiet", "--tracking-uri", with_password, "--storage", str(storage)],
                      env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"mlflow: {auth_server.url} " in result.stderr  # printed without the credentials
+    assert f"mlflow: {auth_server.url} " in result.stdout  # the summary, printed without the credentials
 
     places = {"stdout": result.stdout, "stderr": result.stderr}
     for path in (p for p in storage.rglob("*") if p.is_file()):
